@@ -1,0 +1,1 @@
+"""Network definitions whose parameter names match the official Sonic checkpoints."""
