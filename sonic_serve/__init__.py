@@ -1,0 +1,1 @@
+"""Sonic Serve command-line entry points."""
