@@ -124,8 +124,8 @@ def make_exif_rotated_jpeg(image: Image.Image, path: Path, orientation: int = 6)
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` but holds one row of data: a decompression-bomb stand-in
-    that costs nothing to make."""
+    """A PNG whose header claims ``width`` x ``height`` but holds one row of data: a decompression-bomb
+    stand-in that costs nothing to make."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -26,6 +26,7 @@ SILENCE_PEAK = 1e-4
 ACCEPTED = "WAV, MP3, M4A/AAC, OGG/Opus or FLAC"
 _SNIFF_BYTES = 4096
 _SOUNDFILE_FORMATS = {"wav", "flac", "ogg/opus", "ogg/vorbis", "ogg/flac", "ogg", "mp3"}
+_OGG_CODECS = ((b"OpusHead", "ogg/opus"), (b"\x01vorbis", "ogg/vorbis"), (b"\x7fFLAC", "ogg/flac"))
 _HEADER_SLACK_S = 1.0  # headers of VBR streams may estimate the length; the decoded length decides
 
 
@@ -64,7 +65,7 @@ def sniff_audio(head: bytes) -> str:
     if head[:4] == b"fLaC":
         return "flac"
     if head[:4] == b"OggS":
-        for marker, name in ((b"OpusHead", "ogg/opus"), (b"\x01vorbis", "ogg/vorbis"), (b"\x7fFLAC", "ogg/flac")):
+        for marker, name in _OGG_CODECS:
             if marker in head[:128]:
                 return name
         return "ogg"
@@ -138,20 +139,23 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     1e-4), shorter than 0.2 s and longer than ``max_seconds`` recordings. ``duration_s`` (field
     ``duration_s``) sets the output length: shorter trims the end, longer pads with trailing silence.
     """
+    data: bytes | None = None
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
-        head, opener = data[:_SNIFF_BYTES], (lambda: io.BytesIO(data))
+        head = data[:_SNIFF_BYTES]
     else:
         path = Path(source)
         if not path.is_file():
             raise MediaError("audio", f"no file at {path}", "check the path or upload the recording again")
         with path.open("rb") as handle:
             head = handle.read(_SNIFF_BYTES)
-        opener = (lambda: str(path))
+
+    def opener() -> str | io.BytesIO:  # a fresh reader per decoder attempt
+        return io.BytesIO(data) if data is not None else str(path)
     if not head:
         raise MediaError("audio", "the file is empty (0 bytes)", f"upload a speech recording as {ACCEPTED}")
     if duration_s is not None and not MIN_SECONDS <= duration_s <= max_seconds:
-        raise MediaError("duration_s", f"duration_s={duration_s} is outside {MIN_SECONDS}-{max_seconds:.0f} s",
+        raise MediaError("duration_s", f"duration_s={duration_s} is outside {MIN_SECONDS}-{max_seconds:.0f}s",
                          "leave duration_s unset to use the recording's length, or pick a value in range")
     fmt = sniff_audio(head)
 
@@ -193,11 +197,11 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     if duration_s is not None:
         target = int(round(duration_s * SAMPLE_RATE))
         if target < samples.size:
-            warnings.append(f"audio trimmed from {samples.size / SAMPLE_RATE:.2f} s to duration_s={duration_s}")
+            warnings.append(f"audio cut from {samples.size / SAMPLE_RATE:.2f} s to duration_s={duration_s}")
             samples = samples[:target].copy()
         elif target > samples.size:
             warnings.append(f"audio padded with silence from {samples.size / SAMPLE_RATE:.2f} s "
                             f"to duration_s={duration_s}")
             samples = np.concatenate([samples, np.zeros(target - samples.size, np.float32)])
-    return LoadedAudio(samples=samples, source_rate=int(rate), source_format=fmt,
-                       duration_s=samples.size / SAMPLE_RATE, warnings=warnings, source_channels=int(channels))
+    return LoadedAudio(samples=samples, source_rate=int(rate), source_format=fmt, warnings=warnings,
+                       duration_s=samples.size / SAMPLE_RATE, source_channels=int(channels))
