@@ -83,10 +83,10 @@ class S3Settings:
             env[ENV_REGION] = self.region
         return env
 
-    def client(self) -> Minio:
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=10, read=300), maxsize=32,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+    def client(self, retries: bool = True) -> Minio:
+        retry = (urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]) if retries
+                 else urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0))
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=300), maxsize=32, retries=retry)
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=self.secure,
                      region=self.region, http_client=http)
 

@@ -115,8 +115,14 @@ class TinyYoloFace(nn.Module):
 def make_tiny_weights(root: str | Path, seed: int = 0) -> Path:
     """Write the whole layout under ``root`` (created if needed); same seed -> same bytes of weights."""
     from diffusers import AutoencoderKLTemporalDecoder
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection,
-                              WhisperConfig, WhisperFeatureExtractor, WhisperModel)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperModel,
+    )
 
     from sonic_core.models.audio_adapters import AudioToBucket, AudioToTokens
     from sonic_core.models.rife import IFNet

@@ -145,3 +145,21 @@ def synthetic_frames(start: int, count: int, size: int = 128) -> np.ndarray:
 
 def video_fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1000)
+
+
+def damaged_copies(data: bytes, count: int, seed: int = 0) -> list[bytes]:
+    """``count`` damaged versions of ``data``: cut short, bytes flipped, or a run overwritten with noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        damaged = bytearray(data)
+        start = int(rng.integers(16, len(data)))
+        if i % 3 == 0:
+            del damaged[start:]
+        elif i % 3 == 1:
+            for pos in rng.integers(16, len(data), 16):
+                damaged[pos] = int(rng.integers(256))
+        else:
+            damaged[start:start + 200] = rng.bytes(200)
+        out.append(bytes(damaged))
+    return out

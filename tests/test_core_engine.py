@@ -124,7 +124,7 @@ def reference_style_loop(seed: int, steps: int) -> torch.Tensor:
     image_latents = torch.cat([torch.zeros_like(image_latents), image_latents, image_latents])
     mask = FaceMask(cond.face_mask)
     shift = 0
-    for i, t in enumerate(scheduler.timesteps):
+    for t in scheduler.timesteps:
         total = torch.zeros_like(latents)
         count = torch.zeros(1, frames, 1, 1, 1)
         for start in range(0, frames, 25):

@@ -51,12 +51,18 @@ def _not_audio(kind: str) -> MediaError:
                       f"send speech as {ACCEPTED}")
 
 
+def id3_size(head: bytes) -> int:
+    """Bytes taken by a leading ID3v2 tag (0 when there is none)."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return 0
+    size = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F)
+    return size + (10 if head[5] & 0x10 else 0)
+
+
 def sniff_audio(head: bytes) -> str:
-    """Name the audio container from its first bytes; raise :class:`MediaError` for anything else."""
+    """Name the audio container from its first bytes (past any ID3 tag); :class:`MediaError` otherwise."""
     if head[:3] == b"ID3" and len(head) >= 10:
-        size = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F)
-        size += 10 if head[5] & 0x10 else 0
-        rest = head[size:]
+        rest = head[id3_size(head):]
         if rest[:4] == b"fLaC":
             return "flac"
         return "aac" if len(rest) >= 2 and rest[0] == 0xFF and rest[1] & 0xF6 == 0xF0 else "mp3"
@@ -142,13 +148,15 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     data: bytes | None = None
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
-        head = data[:_SNIFF_BYTES]
+        head = data[:max(_SNIFF_BYTES, id3_size(data) + 16)]
     else:
         path = Path(source)
         if not path.is_file():
             raise MediaError("audio", f"no file at {path}", "check the path or upload the recording again")
         with path.open("rb") as handle:
             head = handle.read(_SNIFF_BYTES)
+            if id3_size(head) > _SNIFF_BYTES - 16:  # cover art in the tag: look past it
+                head += handle.read(id3_size(head) + 16 - len(head))
 
     def opener() -> str | io.BytesIO:  # a fresh reader per decoder attempt
         return io.BytesIO(data) if data is not None else str(path)
@@ -163,14 +171,16 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     if fmt in _SOUNDFILE_FORMATS:
         try:
             y, rate, channels = _decode_soundfile(opener(), max_seconds)
-        except sf.SoundFileRuntimeError:
-            y = None  # libsndfile refused it: PyAV may still read it
+        except (MediaError, MemoryError):
+            raise
+        except Exception:  # libsndfile refused it: PyAV may still read it
+            y = None
     if y is None:
         try:
             y, rate, channels = _decode_pyav(opener(), max_seconds)
-        except MediaError:
+        except (MediaError, MemoryError):
             raise
-        except (av.FFmpegError, ValueError, OSError, IndexError) as exc:
+        except Exception as exc:  # untrusted bytes: any decoder failure is the upload's fault
             raise _corrupt(fmt, exc) from exc
 
     if y.size == 0:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from stages.media.errors import MediaError
 
@@ -74,7 +74,7 @@ def _corrupt(fmt: str, exc: BaseException) -> MediaError:
 
 def _too_big(width: int, height: int, max_pixels: int) -> MediaError:
     return MediaError("image", f"the image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
-                      f"{max_pixels / 1e6:.0f} MP limit", "downscale it (2048 px on the long side is plenty)")
+                      f"{max_pixels / 1e6:g} MP limit", "downscale it (2048 px on the long side is plenty)")
 
 
 def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
@@ -123,14 +123,15 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, min_
             image.seek(0)
         image.load()
         source_mode = image.mode
-        orientation = int(image.getexif().get(0x0112, 1) or 1)
+        orientation = image.getexif().get(0x0112, 1)
+        orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
         upright = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
         raise MediaError("image", f"the image header claims a huge size ({exc})",
                          "downscale it (2048 px on the long side is plenty)") from exc
-    except MediaError:
+    except (MediaError, MemoryError):
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # untrusted bytes: any decoder failure is the upload's fault
         raise _corrupt(fmt, exc) from exc
 
     rgb = _to_rgb(upright, notes)

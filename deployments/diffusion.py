@@ -1,0 +1,165 @@
+"""Stage deployment 3: denoising windows and VAE decode chunks (:class:`stages.diffusion.DiffusionStage`).
+
+Per-job conditioning cache. Serve's router may send any window of any job to any replica, so every window
+request carries the job's FusedJob as an ObjectRef (nested in a list, so Ray does not resolve it). A replica
+that does not hold the job yet fetches it from the object store once and caches it by job id; concurrent
+windows of the same job on one replica share that single fetch. Per step, only the window's latent slice
+travels. Cached jobs are evicted when the job's denoising ends (the manager lists recently ended jobs in every
+request it sends), when idle for ``CACHE_IDLE_S``, and beyond ``MAX_CACHED_JOBS`` (least recently used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from ray import serve
+
+from deployments.common import replica_max_ongoing, replica_name, run_blocking
+from deployments.config import AppConfig, stage_runtime
+from sonic_core.sampler import Schedule, StepState, make_schedule
+from sonic_core.weights import WeightsLayout, scheduler_config
+from stages.payloads import FusedJob, WindowResult, WindowTask
+
+log = logging.getLogger(__name__)
+
+CACHE_IDLE_S = 300.0
+MAX_CACHED_JOBS = 16
+
+
+@dataclass
+class Prepared:
+    schedule: Schedule
+    latents: torch.Tensor          # [1, F, 4, h, w] initial latents
+    num_frames: int
+    replica: str
+    max_ongoing_requests: int
+
+
+@dataclass
+class WindowOutcome:
+    result: WindowResult
+    loaded_conditioning: bool      # this request fetched the job's conditioning into the replica
+    seconds: float
+
+
+@dataclass
+class DecodedChunk:
+    frames: torch.Tensor           # float32 [n, 3, H, W] in [0, 1]
+    replica: str
+    seconds: float
+
+
+@serve.deployment(name="Diffusion", max_ongoing_requests=2, graceful_shutdown_timeout_s=300,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 1},
+                  ray_actor_options={"num_cpus": 1})
+class Diffusion:
+    def __init__(self, config: dict[str, Any]):
+        from stages.diffusion import DiffusionStage
+
+        self.config = AppConfig(**config)
+        runtime = stage_runtime(self.config)
+        self.replica = replica_name()
+        self.stage = DiffusionStage(runtime.weights, runtime.device, runtime.dtype, replica=self.replica)
+        self.scheduler_config = scheduler_config(WeightsLayout(runtime.weights))
+        self._last_used: dict[str, float] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._sweeper: asyncio.Task | None = None
+        self.loads = 0
+
+    # -- conditioning cache -------------------------------------------------------------------------
+
+    def _evict(self, job_id: str) -> None:
+        self.stage.release_job(job_id)
+        self._last_used.pop(job_id, None)
+
+    def _note_ended(self, ended: tuple[str, ...] | list[str]) -> None:
+        for job_id in ended:
+            if self.stage.has_job(job_id):
+                self._evict(job_id)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for job_id, used in list(self._last_used.items()):
+            if now - used > CACHE_IDLE_S:
+                self._evict(job_id)
+        while len(self._last_used) > MAX_CACHED_JOBS:
+            self._evict(min(self._last_used, key=self._last_used.get))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            self._sweep()
+
+    async def _ensure_job(self, job_id: str, fused_box: list) -> bool:
+        """Make the job's conditioning resident; True when this call fetched it."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self._last_used[job_id] = time.monotonic()
+        if self.stage.has_job(job_id):
+            return False
+        pending = self._loading.get(job_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return False
+        future = self._loading[job_id] = asyncio.get_running_loop().create_future()
+        try:
+            fused: FusedJob = await fused_box[0]
+            await run_blocking(self.stage.load_job, job_id, fused.conditioning)
+            self.loads += 1
+            future.set_result(None)
+        except BaseException as exc:
+            future.set_exception(exc)
+            with contextlib.suppress(BaseException):
+                future.exception()  # mark retrieved
+            raise
+        finally:
+            self._loading.pop(job_id, None)
+        self._last_used[job_id] = time.monotonic()
+        self._sweep()
+        return True
+
+    # -- units of work ------------------------------------------------------------------------------
+
+    async def prepare(self, job_id: str, fused_box: list, seed: int, steps: int, noise_strength: float,
+                      guidance_image: float, guidance_audio: float) -> Prepared:
+        """The job's schedule and initial latents (needs the weights' scheduler config and VAE scale)."""
+        await self._ensure_job(job_id, fused_box)
+        fused: FusedJob = await fused_box[0]
+        schedule = make_schedule(self.scheduler_config, steps, noise_strength, guidance_image, guidance_audio)
+        latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
+        return Prepared(schedule, latents, fused.conditioning.num_frames, self.replica,
+                        replica_max_ongoing(2))
+
+    async def denoise(self, job_id: str, fused_box: list, step: StepState, frames: list[int],
+                      latents: torch.Tensor, ended: tuple[str, ...] = ()) -> WindowOutcome:
+        self._note_ended(ended)
+        start = time.perf_counter()
+        loaded = await self._ensure_job(job_id, fused_box)
+        result = await run_blocking(self.stage.denoise_window, WindowTask(job_id, step, frames, latents))
+        self._last_used[job_id] = time.monotonic()
+        return WindowOutcome(result, loaded, time.perf_counter() - start)
+
+    async def decode(self, latents: torch.Tensor, ended: tuple[str, ...] = ()) -> DecodedChunk:
+        self._note_ended(ended)
+        start = time.perf_counter()
+        frames = await run_blocking(self.stage.decode_chunk, latents)
+        return DecodedChunk(frames, self.replica, time.perf_counter() - start)
+
+    async def release(self, job_ids: list[str]) -> list[str]:
+        """Evict the given jobs if cached here (best effort: reaches whichever replica the router picks)."""
+        self._note_ended(job_ids)
+        return sorted(self._last_used)
+
+    async def cached_jobs(self) -> dict[str, Any]:
+        return {"replica": self.replica, "jobs": sorted(self._last_used), "loads": self.loads}
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            if self._sweeper is not None:
+                self._sweeper.cancel()

@@ -1,0 +1,190 @@
+"""Job parameters and job records (JSON in S3, the source of truth for a job's state).
+
+A record is a plain dict so that the ingress, the manager and later API layers (idempotency, webhooks, SSE)
+can add fields without a schema migration; :func:`new_record` fixes the fields every record has.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from deployments.storage import Keys, Storage
+from sonic_core.engine import DEFAULT_SEED, PRESETS, GenerationSettings
+from sonic_core.face import parse_face_bbox
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Stages in the order a job passes them (``stage`` in the record).
+STAGES = ("queued", "encode", "fusion", "denoise", "decode", "postprocess", "done")
+
+
+class ParamError(ValueError):
+    """A request parameter is out of range; ``field`` names it (like the media layer's MediaError)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+    def __reduce__(self):
+        return type(self), (self.field, self.message)
+
+
+@dataclass
+class JobParams:
+    """What a client may set for one job. Defaults reproduce the reference (preset ``quality``)."""
+
+    preset: str = "quality"
+    steps: int | None = None
+    min_resolution: int = 512
+    dynamic_scale: float = 1.0
+    motion_scale: float = 1.0
+    seed: int = DEFAULT_SEED
+    noise_strength: float = 1.0
+    interpolate: bool | None = None
+    guidance_image: float = 2.0
+    guidance_audio: float = 7.5
+    temporal_smoothing: float = 0.0
+    face_bbox: str | None = None       # "x,y,w,h" in source pixels: skip face detection
+    framing: str = "full"              # full | crop | vertical
+    expand_ratio: float = 0.5
+    duration_s: float | None = None    # trim or pad the audio
+    crf: int = 18
+    keep_resolution: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> JobParams:
+        """Parse and validate (strings from a form are converted); unknown names are an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ParamError(unknown[0], f"unknown parameter (known: {', '.join(known)})")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if value is None or value == "":
+                continue
+            kind = str(known[name].type)
+            try:
+                if "bool" in kind:
+                    values[name] = value if isinstance(value, bool) else str(value).lower() in (
+                        "1", "true", "yes", "on")
+                elif "int" in kind:
+                    values[name] = int(value)
+                elif "float" in kind:
+                    values[name] = float(value)
+                else:
+                    values[name] = str(value)
+            except (TypeError, ValueError):
+                raise ParamError(name, f"not a valid {kind.split(' ')[0]}: {value!r}") from None
+        params = cls(**values)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        def check(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ParamError(name, message)
+
+        check(self.preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}")
+        check(self.steps is None or 1 <= self.steps <= 100, "steps", "must be 1-100")
+        check(64 <= self.min_resolution <= 1536 and self.min_resolution % 64 == 0, "min_resolution",
+              "must be a multiple of 64 in 64-1536")
+        check(0 <= self.dynamic_scale <= 4, "dynamic_scale", "must be in 0-4")
+        check(0 <= self.motion_scale <= 4, "motion_scale", "must be in 0-4")
+        check(0 <= self.seed < 2**63, "seed", "must be a non-negative 63-bit integer")
+        check(0 < self.noise_strength <= 1, "noise_strength", "must be in (0, 1]")
+        check(0 <= self.guidance_image <= 20, "guidance_image", "must be in 0-20")
+        check(0 <= self.guidance_audio <= 20, "guidance_audio", "must be in 0-20")
+        check(0 <= self.temporal_smoothing <= 1, "temporal_smoothing", "must be in 0-1")
+        check(self.framing in ("full", "crop", "vertical"), "framing", "must be full, crop or vertical")
+        check(0 <= self.expand_ratio <= 2, "expand_ratio", "must be in 0-2")
+        check(0 <= self.crf <= 51, "crf", "must be 0-51")
+        if self.face_bbox:
+            try:
+                parse_face_bbox(self.face_bbox)
+            except ValueError as exc:
+                raise ParamError("face_bbox", str(exc)) from None
+
+    def settings(self) -> GenerationSettings:
+        """The engine settings: the preset, then every explicitly set value."""
+        settings = GenerationSettings(**PRESETS[self.preset])
+        for name in ("min_resolution", "dynamic_scale", "motion_scale", "seed", "noise_strength",
+                     "guidance_image", "guidance_audio", "temporal_smoothing"):
+            setattr(settings, name, getattr(self, name))
+        if self.steps is not None:
+            settings.steps = self.steps
+        if self.interpolate is not None:
+            settings.interpolate = self.interpolate
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_job_id() -> str:
+    """Time-ordered, unguessable: ``j`` + 11 hex digits of milliseconds + 12 random hex digits."""
+    return f"j{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def new_record(job_id: str, tenant: str, params: JobParams, inputs: dict[str, str],
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    t = now()
+    return {
+        "id": job_id,
+        "tenant": tenant,
+        "state": QUEUED,
+        "stage": "queued",
+        "progress": {"stage": "queued", "done": 0, "total": 0, "fraction": 0.0},
+        "params": params.to_dict(),
+        "inputs": inputs,
+        "output": None,
+        "error": None,
+        "warnings": [],
+        "created_at": t,
+        "updated_at": t,
+        "started_at": None,
+        "finished_at": None,
+        "timings_s": {},
+        "placement": {},
+        **(extra or {}),
+    }
+
+
+def public_view(record: dict[str, Any]) -> dict[str, Any]:
+    """What an API client sees of a record (S3 keys of inputs and outputs stay server-side)."""
+    hidden = {"inputs"}
+    view = {k: v for k, v in record.items() if k not in hidden}
+    if record.get("output"):
+        view["output"] = {k: v for k, v in record["output"].items() if not k.endswith("_key")}
+    return view
+
+
+def _suffix(filename: str | None) -> str:
+    suffix = Path(filename or "").suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".bin"
+
+
+def create_job(storage: Storage, tenant: str, params: JobParams, image: bytes, audio: bytes,
+               image_name: str | None = None, audio_name: str | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Upload the inputs and write the queued record; the manager is told separately."""
+    job_id = new_job_id()
+    inputs = {"image": Keys.input(tenant, job_id, "image" + _suffix(image_name)),
+              "audio": Keys.input(tenant, job_id, "audio" + _suffix(audio_name))}
+    storage.put_bytes(inputs["image"], image)
+    storage.put_bytes(inputs["audio"], audio)
+    record = new_record(job_id, tenant, params, inputs, extra)
+    storage.put_json(Keys.job(tenant, job_id), record)
+    return record

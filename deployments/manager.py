@@ -1,0 +1,337 @@
+"""The job manager deployment: drives every job through the stage deployments.
+
+1. audio and image encode run concurrently (each replica reads its input from S3);
+2. fusion (its inputs go replica to replica as ObjectRefs, never through this process);
+3. per denoising step, the step's windows run in parallel on Diffusion replicas and are merged here, in plan
+   order, exactly as the single-process loop merges them;
+4. decode chunks run in parallel on Diffusion replicas; their frames stay in the object store;
+5. PostProcess streams the chunks through RIFE into the MP4 and uploads it.
+
+Windows and decode chunks of all jobs go through one :class:`FairDispatcher`, which interleaves jobs
+round-robin and keeps the Diffusion replicas just full. The job record in S3 is the source of truth: this
+deployment writes it at every stage change and step (state, stage, step k/N, timings, placement of every
+window), and the ingress reads it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from ray import serve
+
+from deployments.common import error_info, is_lost_worker, root_cause
+from deployments.config import AppConfig
+from deployments.dispatch import FairDispatcher, RefWatcher
+from deployments.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobParams, now
+from deployments.storage import Keys
+from sonic_core.decode import decode_chunks
+from sonic_core.face import parse_face_bbox
+from sonic_core.sampler import merge_windows, plan_windows
+
+log = logging.getLogger("sonic.manager")
+
+# Share of the overall progress bar per stage.
+_WEIGHTS = {"encode": 0.05, "fusion": 0.03, "denoise": 0.72, "decode": 0.08, "postprocess": 0.12}
+_ORDER = ["encode", "fusion", "denoise", "decode", "postprocess"]
+ENDED_MEMORY = 64   # recently ended jobs announced to Diffusion replicas with every request
+STATUS_POLL_S = 5.0
+
+
+def overall_fraction(stage: str, done: int, total: int) -> float:
+    if stage == "done":
+        return 1.0
+    if stage not in _WEIGHTS:
+        return 0.0
+    before = sum(_WEIGHTS[s] for s in _ORDER[:_ORDER.index(stage)])
+    return round(before + _WEIGHTS[stage] * (done / total if total else 0.0), 4)
+
+
+class JobFailed(Exception):
+    pass
+
+
+@serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=256, graceful_shutdown_timeout_s=600,
+                  ray_actor_options={"num_cpus": 0.5})
+class JobManager:
+    def __init__(self, config: dict[str, Any], audio, image, fusion, diffusion, postprocess):
+        self.config = AppConfig(**config)
+        self.storage = self.config.storage()
+        self.audio, self.image, self.fusion, self.post = audio, image, fusion, postprocess
+        self.diffusion = diffusion
+        self.dispatcher = FairDispatcher(self._diffusion_capacity)
+        self.watcher = RefWatcher()
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self._write_locks: dict[str, asyncio.Lock] = {}
+        self.ended: deque[str] = deque(maxlen=ENDED_MEMORY)
+        self.diffusion_replicas = 1
+        self.diffusion_max_ongoing = 2
+        self._job_slots: asyncio.Semaphore | None = None
+        self._monitor: asyncio.Task | None = None
+        try:
+            self.app_name = serve.get_replica_context().app_name
+        except Exception:  # noqa: BLE001
+            self.app_name = "sonic"
+
+    # -- capacity of the Diffusion deployment ------------------------------------------------------
+
+    def _diffusion_capacity(self) -> int:
+        per_replica = self.diffusion_max_ongoing + self.config.diffusion_queue_per_replica
+        return max(1, self.diffusion_replicas) * max(1, per_replica)
+
+    def _count_running(self) -> int | None:
+        try:
+            app = serve.status().applications.get(self.app_name)
+            states = app.deployments["Diffusion"].replica_states if app else {}
+            return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+        except Exception:  # noqa: BLE001 - keep the last known count
+            log.debug("serve.status() failed", exc_info=True)
+            return None
+
+    async def _watch_capacity(self) -> None:
+        while True:
+            running = await asyncio.to_thread(self._count_running)
+            if running and running != self.diffusion_replicas:
+                log.info("Diffusion replicas running: %d -> %d", self.diffusion_replicas, running)
+                self.diffusion_replicas = running
+                self.dispatcher.poke()
+            await asyncio.sleep(STATUS_POLL_S)
+
+    def _started(self) -> None:
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch_capacity())
+        if self._job_slots is None:
+            self._job_slots = asyncio.Semaphore(self.config.max_active_jobs)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    async def _save(self, record: dict[str, Any]) -> None:
+        record["updated_at"] = now()
+        lock = self._write_locks.setdefault(record["id"], asyncio.Lock())
+        async with lock:
+            snapshot = dict(record)
+            await asyncio.to_thread(self.storage.put_json, Keys.job(record["tenant"], record["id"]), snapshot)
+
+    async def _stage(self, record: dict[str, Any], stage: str, done: int = 0, total: int = 0) -> None:
+        record["stage"] = stage
+        record["progress"] = {"stage": stage, "done": done, "total": total,
+                              "fraction": overall_fraction(stage, done, total)}
+        await self._save(record)
+
+    # -- API -------------------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, job_id: str) -> dict[str, Any]:
+        """Start the job (its record and inputs are already in S3) in the background; returns at once."""
+        self._started()
+        if job_id in self.tasks:
+            return {"id": job_id, "accepted": False, "reason": "already running"}
+        record = await asyncio.to_thread(self.storage.get_json, Keys.job(tenant, job_id))
+        if record is None:
+            raise KeyError(f"no job {job_id} for tenant {tenant}")
+        if record["state"] in TERMINAL:
+            return {"id": job_id, "accepted": False, "reason": f"job is {record['state']}"}
+        task = asyncio.get_running_loop().create_task(self._run_guarded(record, capture=False))
+        self.tasks[job_id] = task
+        return {"id": job_id, "accepted": True}
+
+    async def run(self, tenant: str, job_id: str, capture_frames: bool = False) -> dict[str, Any]:
+        """Run the job and wait for it: the final record, plus (``capture_frames``) the raw float32 frames
+        [N, H, W, 3] that went into the encoder. For tests and benchmarks."""
+        self._started()
+        record = await asyncio.to_thread(self.storage.get_json, Keys.job(tenant, job_id))
+        if record is None:
+            raise KeyError(f"no job {job_id} for tenant {tenant}")
+        task = asyncio.get_running_loop().create_task(self._run_guarded(record, capture=capture_frames))
+        self.tasks[job_id] = task
+        return await task
+
+    async def active(self) -> dict[str, Any]:
+        return {
+            "jobs": {job_id: {"stage": r.get("stage"), "progress": r.get("progress")}
+                     for job_id, r in self.records.items()},
+            "diffusion": {"replicas": self.diffusion_replicas, "capacity": self._diffusion_capacity(),
+                          "in_flight": self.dispatcher.in_flight, "pending": self.dispatcher.pending()},
+        }
+
+    async def dispatch_order(self) -> list[str]:
+        return list(self.dispatcher.dispatched)
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    async def _run_guarded(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
+        job_id = record["id"]
+        self.records[job_id] = record
+        try:
+            assert self._job_slots is not None
+            async with self._job_slots:
+                return await self._run(record, capture)
+        except Exception as exc:  # noqa: BLE001 - the job fails, the manager goes on
+            cause = root_cause(exc)
+            log.warning("job %s failed: %s: %s", job_id, type(cause).__name__, cause)
+            self.dispatcher.cancel_job(job_id, JobFailed(str(cause)))
+            record.update(state=FAILED, error=error_info(exc), finished_at=now())
+            with contextlib.suppress(Exception):
+                await self._save(record)
+            return {"record": record}
+        finally:
+            if job_id not in self.ended:
+                self.ended.append(job_id)
+            self.tasks.pop(job_id, None)
+            self.records.pop(job_id, None)
+            self._write_locks.pop(job_id, None)
+
+    async def _with_retries(self, what: str, call):
+        attempts = 1 + max(0, self.config.unit_retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except Exception as exc:
+                if attempt == attempts or not is_lost_worker(root_cause(exc)):
+                    raise
+                log.warning("%s lost its replica (%s); retry %d/%d", what, type(exc).__name__, attempt,
+                            attempts - 1)
+                await asyncio.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _run(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
+        job_id, tenant = record["id"], record["tenant"]
+        params = JobParams(**record["params"])
+        settings = params.settings()
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            t = time.perf_counter()
+            timings[name] = round(t - clock, 3)
+            clock = t
+
+        record.update(state=RUNNING, started_at=now(), error=None, timings_s=timings,
+                      placement={"windows": [], "decode": [], "conditioning_loads": {}})
+        await self._stage(record, "encode")
+
+        # 1. audio and image encode, concurrently; payloads stay in the object store.
+        face = parse_face_bbox(params.face_bbox) if params.face_bbox else None
+        audio_resp = self.audio.encode.remote(record["inputs"]["audio"], params.duration_s)
+        image_resp = self.image.encode.remote(record["inputs"]["image"], face, params.framing, params.expand_ratio,
+                                              settings.min_resolution)
+        audio_ref, image_ref = await asyncio.gather(audio_resp._to_object_ref(), image_resp._to_object_ref())
+        await asyncio.gather(self.watcher.wait(audio_ref), self.watcher.wait(image_ref))
+        lap("encode")
+
+        # 2. fusion; describe() surfaces encode errors and gives the record its facts.
+        await self._stage(record, "fusion")
+        facts = await self.fusion.describe.remote(audio_ref, image_ref)
+        record["warnings"] = facts["warnings"]
+        record["video"] = {"size": facts["size"], "face_bbox": facts["face_bbox"], "crop_box": facts["crop_box"],
+                           "frames_generated": facts["num_frames"]}
+        fused_ref = await self.fusion.fuse.remote(
+            audio_ref, image_ref, settings.dynamic_scale, settings.motion_scale, settings.temporal_smoothing,
+        )._to_object_ref()
+        await self.watcher.wait(fused_ref)
+        del audio_ref, image_ref
+        lap("fusion")
+
+        # 3. denoising: every step's windows in parallel, merged in plan order.
+        fused_box = [fused_ref]
+        prepared = await self.dispatcher.submit(job_id, lambda: self._with_retries(
+            f"{job_id} prepare", lambda: self.diffusion.prepare.remote(
+                job_id, fused_box, settings.seed, settings.steps, settings.noise_strength,
+                settings.guidance_image, settings.guidance_audio)))
+        self.diffusion_max_ongoing = prepared.max_ongoing_requests
+        self.dispatcher.poke()
+        schedule, latents, frames_total = prepared.schedule, prepared.latents, prepared.num_frames
+        loads = record["placement"]["conditioning_loads"]
+        loads[prepared.replica] = loads.get(prepared.replica, 0) + 1
+        total_steps = len(schedule.steps)
+        await self._stage(record, "denoise", 0, total_steps)
+        for n, step in enumerate(schedule.steps):
+            windows = plan_windows(frames_total, step.index)
+
+            def window_unit(frames: list[int], step=step, latents=latents):
+                slice_ = latents[:, frames]
+                return lambda: self._with_retries(
+                    f"{job_id} window", lambda: self.diffusion.denoise.remote(
+                        job_id, fused_box, step, frames, slice_, tuple(self.ended)))
+
+            outcomes = await asyncio.gather(*(self.dispatcher.submit(job_id, window_unit(w)) for w in windows))
+            latents = merge_windows(frames_total, windows, [o.result.latents for o in outcomes])
+            for index, (frames, outcome) in enumerate(zip(windows, outcomes, strict=True)):
+                replica = outcome.result.replica
+                record["placement"]["windows"].append(
+                    {"step": n, "window": index, "first_frame": frames[0], "replica": replica,
+                     "loaded_conditioning": outcome.loaded_conditioning, "seconds": round(outcome.seconds, 4)})
+                if outcome.loaded_conditioning:
+                    loads[replica] = loads.get(replica, 0) + 1
+            await self._stage(record, "denoise", n + 1, total_steps)
+        # The conditioning is no longer needed: every later Diffusion request announces it, so replicas
+        # evict it; the manager drops its reference, so the object store frees the FusedJob.
+        self.ended.append(job_id)
+        fused_box[0] = fused_ref = None
+        lap("denoise")
+
+        # 4. decode chunks in parallel; the frames go from Diffusion to PostProcess through the object store.
+        chunks = decode_chunks(frames_total)
+        await self._stage(record, "decode", 0, len(chunks))
+        done = 0
+
+        async def decode_unit(index: int, start: int, stop: int):
+            nonlocal done
+            chunk_latents = latents[0, start:stop].clone()  # a view would pickle the whole tensor
+
+            async def attempt():
+                ref = await self.diffusion.decode.remote(chunk_latents, tuple(self.ended))._to_object_ref()
+                await self.watcher.wait(ref)
+                return ref
+
+            ref = await self._with_retries(f"{job_id} decode", attempt)
+            done += 1
+            await self._stage(record, "decode", done, len(chunks))
+            return ref
+
+        chunk_refs = await asyncio.gather(*(
+            self.dispatcher.submit(job_id, lambda i=i, c=c: decode_unit(i, c.start, c.stop))
+            for i, c in enumerate(chunks)))
+        latents = None
+        lap("decode")
+
+        # 5. RIFE, encode, mux and upload.
+        await self._stage(record, "postprocess")
+        job_info = {
+            "tenant": tenant, "id": job_id, "audio_key": record["inputs"]["audio"],
+            "duration_s": params.duration_s, "size": facts["size"], "framed_size": facts["framed_size"],
+            "keep_resolution": params.keep_resolution, "interpolate": settings.interpolate, "crf": params.crf,
+            "warnings": facts["warnings"], "timings_s": dict(timings),
+            "parameters": {**settings.__dict__, "framing": params.framing, "expand_ratio": params.expand_ratio,
+                           "face_bbox": facts["face_bbox"]},
+        }
+        post = await self.post.run.remote(job_info, list(chunk_refs), capture)
+        chunk_refs = None
+        record["placement"]["decode"] = [{"chunk": i, "replica": r} for i, r in enumerate(post["decode_replicas"])]
+        record["placement"]["postprocess"] = post["replica"]
+        lap("postprocess")
+        record.update(state=SUCCEEDED, output=post["output"], finished_at=now())
+        record["timings_s"] = timings
+        await self._stage(record, "done", 1, 1)
+        result: dict[str, Any] = {"record": record}
+        if capture:
+            result["frames"] = post["frames"]
+        return result
+
+    async def __del__(self):
+        """On scale-down or redeploy, let running jobs finish (bounded by graceful_shutdown_timeout_s)."""
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        if tasks:
+            log.info("shutting down: waiting for %d running job(s)", len(tasks))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.watcher.stop()
+        if self._monitor is not None:
+            self._monitor.cancel()
+
+
+__all__ = ["JobManager", "QUEUED", "overall_fraction"]

@@ -1,0 +1,131 @@
+"""Stage deployment 4: RIFE per decoded chunk, H.264/AAC encode and mux, upload of the MP4 (plus poster and
+metadata) to S3. Wraps :class:`stages.postprocess.PostProcessStage` and the media layer's ``Mp4Writer``.
+
+The decoded chunks arrive as ObjectRefs (nested, so Ray does not resolve them all at once) and are streamed in
+order: fetch chunk i, interpolate it together with chunk i-1's last frame, encode, drop it. Memory stays at
+one chunk whatever the video's length; the result is frame-for-frame the single-process stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+
+from deployments.common import replica_name, run_blocking
+from deployments.config import AppConfig, stage_runtime
+from deployments.storage import Keys
+
+TINY_NOTICE = ("made with TINY RANDOM weights: this video is noise, not a real model. "
+               "Get real weights with `sonic-serve weights download DIR`.")
+
+
+def encode_stats(stats: Any) -> dict[str, Any]:
+    """The encoder's stats as JSON-able values (without the replica's temporary path)."""
+    values = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats or {})
+    values.pop("path", None)
+    return values
+
+
+@serve.deployment(name="PostProcess", max_ongoing_requests=4, graceful_shutdown_timeout_s=600,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 2},
+                  ray_actor_options={"num_cpus": 1})
+class PostProcess:
+    def __init__(self, config: dict[str, Any]):
+        from sonic_core.weights import WeightsLayout
+        from stages.postprocess import PostProcessStage
+
+        self.config = AppConfig(**config)
+        runtime = stage_runtime(self.config)
+        self.storage = self.config.storage()
+        self.stage = PostProcessStage(runtime.weights, runtime.device)
+        self.tiny = WeightsLayout(runtime.weights).is_tiny
+        self.replica = replica_name()
+
+    def _run(self, job: dict[str, Any], chunk_refs: list, capture: bool) -> dict[str, Any]:
+        from stages.media.audio_in import load_audio
+        from stages.media.encode import Mp4Writer, write_metadata, write_poster
+        from stages.postprocess import to_hwc
+
+        start = time.perf_counter()
+        tenant, job_id = job["tenant"], job["id"]
+        audio = load_audio(self.storage.get_bytes(job["audio_key"]), duration_s=job.get("duration_s"))
+        width, height = job["size"]
+        interpolate = bool(job["interpolate"])
+        fps = 25.0 if interpolate else 12.5
+        out_size = tuple(job["framed_size"]) if job.get("keep_resolution") else None
+        captured: list[np.ndarray] = []
+        decode_replicas: list[str] = []
+        frames_out = 0
+        with tempfile.TemporaryDirectory(prefix=f"sonic-{job_id}-") as tmp:
+            video, poster, metadata = Path(tmp) / "video.mp4", Path(tmp) / "poster.jpg", Path(tmp) / "metadata.json"
+            previous_last: torch.Tensor | None = None
+            with Mp4Writer(video, width, height, fps, audio, crf=int(job.get("crf", 18)),
+                           out_size=out_size) as writer:
+                for i, ref in enumerate(chunk_refs):
+                    chunk = ray.get(ref)
+                    decode_replicas.append(chunk.replica)
+                    frames = chunk.frames
+                    del chunk
+                    if interpolate:
+                        overlaps = previous_last is not None
+                        batch = torch.cat([previous_last, frames]) if overlaps else frames
+                        previous_last = frames[-1:]
+                        frames = self.stage.interpolate(batch, overlaps_previous=overlaps)
+                    array = to_hwc(frames)
+                    if i == 0:
+                        write_poster(poster, array[0])
+                    if capture:
+                        captured.append(array.copy())
+                    writer.write(array)
+                    frames_out += len(array)
+                stats = encode_stats(writer.close())
+            info = {
+                "job_id": job_id,
+                "duration_s": audio.duration_s,
+                "frames": frames_out,
+                "fps": fps,
+                "width": width,
+                "height": height,
+                "parameters": job.get("parameters", {}),
+                "lip_sync_offset_s": 0.0,
+                "timings_s": job.get("timings_s", {}),
+                "tiny_weights": self.tiny,
+                "warnings": job.get("warnings", []),
+                "encoder": stats,
+            }
+            if self.tiny:
+                info["notice"] = TINY_NOTICE
+            write_metadata(metadata, info)
+            keys = {name: Keys.output(tenant, job_id, path.name) for name, path in
+                    (("video", video), ("poster", poster), ("metadata", metadata))}
+            uploaded = {
+                "video": self.storage.put_file(keys["video"], video, "video/mp4"),
+                "poster": self.storage.put_file(keys["poster"], poster, "image/jpeg"),
+                "metadata": self.storage.put_file(keys["metadata"], metadata, "application/json"),
+            }
+        output = {
+            "video_key": keys["video"], "poster_key": keys["poster"], "metadata_key": keys["metadata"],
+            "bytes": uploaded["video"].size, "frames": frames_out, "fps": fps, "width": width, "height": height,
+            "duration_s": audio.duration_s, "tiny_weights": self.tiny, "encoder": stats,
+        }
+        if self.tiny:
+            output["notice"] = TINY_NOTICE
+        result: dict[str, Any] = {"output": output, "replica": self.replica, "decode_replicas": decode_replicas,
+                                  "seconds": time.perf_counter() - start}
+        if capture:
+            result["frames"] = np.concatenate(captured) if captured else np.zeros((0, height, width, 3), np.float32)
+        return result
+
+    async def run(self, job: dict[str, Any], chunk_refs: list, capture: bool = False) -> dict[str, Any]:
+        """``job``: tenant, id, audio_key, duration_s, size, framed_size, keep_resolution, interpolate, crf,
+        parameters, warnings. ``chunk_refs``: ObjectRefs of the decoded chunks, in order (inside a list, so
+        Ray hands them over unresolved)."""
+        return await run_blocking(self._run, job, list(chunk_refs), capture)
