@@ -19,7 +19,7 @@ BUCKET_CONTEXT = 50             # hidden states per frame for audio2bucket
 TOKEN_PAD = (4, 6)
 BUCKET_PAD = (24, 26)
 HIDDEN_PER_FRAME = 4            # 2 units per frame x 2 hidden states per unit
-MAX_UNITS = 10_000              # the reference's frame_num cap (400 s)
+MAX_UNITS = 45_000              # 30 min; the reference caps at 10 000 units (400 s)
 
 
 @dataclass

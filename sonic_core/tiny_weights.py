@@ -106,7 +106,8 @@ class TinyYoloFace(nn.Module):
             y = torch.sigmoid(p)
             xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * strides[level]
             wh = (y[..., 2:4] * 2.0) ** 2 * anchor
-            marks = p[..., 5:15].view(bs, 3, ny, nx, 5, 2) * anchor.unsqueeze(-2) + (grid * strides[level]).unsqueeze(-2)
+            offset = (grid * strides[level]).unsqueeze(-2)
+            marks = p[..., 5:15].view(bs, 3, ny, nx, 5, 2) * anchor.unsqueeze(-2) + offset
             out = torch.cat([xy, wh, y[..., 4:5], marks.view(bs, 3, ny, nx, 10), y[..., 15:16]], -1)
             outputs.append(out.view(bs, -1, 16))
         return torch.cat(outputs, 1)

@@ -59,6 +59,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from sonic_core.engine import PRESETS, GenerationSettings, resolve_device, resolve_dtype
     from sonic_core.face import parse_face_bbox
     from stages.local import JobInputs, LocalPipeline
+    from stages.media.audio_in import load_audio
+    from stages.media.image_in import load_image
 
     settings = GenerationSettings(**PRESETS[args.preset])
     for name in ("steps", "min_resolution", "dynamic_scale", "motion_scale", "seed", "temporal_smoothing"):
@@ -72,16 +74,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if settings.min_resolution < 64 or settings.min_resolution % 64:
         raise UserError("--min-resolution must be a positive multiple of 64 (e.g. 512)")
     face = parse_face_bbox(args.face_bbox) if args.face_bbox else None
+    # validate the inputs before the (slow) model load
+    audio = load_audio(args.audio, duration_s=args.duration)
+    image = load_image(args.image)
     weights = resolve_weights(args.weights)
     pipeline = LocalPipeline(weights, resolve_device(args.device), resolve_dtype(args.dtype))
-    inputs = JobInputs(image=args.image, audio=args.audio, face_bbox=face, framing=args.framing,
+    inputs = JobInputs(image=image, audio=audio, face_bbox=face, framing=args.framing,
                        expand_ratio=args.expand_ratio, duration_s=args.duration, crf=args.crf,
-                       keep_resolution=args.keep_resolution)
+                       keep_resolution=args.keep_resolution, lip_sync=args.lip_sync)
     result = pipeline.generate(inputs, settings, args.output, raw_frames=args.raw_frames,
                                progress=_progress_bars())
     info = result.info
     print(f"wrote {result.video} ({info['frames']} frames, {info['width']}x{info['height']}, "
           f"{info['duration_s']:.2f} s); poster {result.poster}; metadata {result.metadata}")
+    if info.get("lip_sync_offset_s") is not None:
+        print(f"lip-sync: estimated offset {info['lip_sync_offset_s']:+.3f} s, "
+              f"applied {info['lip_sync_applied_s']:+.3f} s")
     if info.get("notice"):
         print(f"NOTE: {info['notice']}")
     return 0
@@ -137,6 +145,8 @@ def add_generate(sub) -> None:
     p.add_argument("--keep-resolution", action="store_true", dest="keep_resolution")
     p.add_argument("--duration", type=float, help="seconds: trim or pad the audio (default: its length)")
     p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--lip-sync", action="store_true", dest="lip_sync",
+                   help="estimate the audio/video offset (±0.1 s) and correct it at mux time (±0.05 s)")
     p.add_argument("--interpolate", dest="interpolate", action="store_true", default=None)
     p.add_argument("--no-interpolate", dest="interpolate", action="store_false")
     p.add_argument("--raw-frames", dest="raw_frames", help="also save float32 frames (N,H,W,3) in [0,1] as .npy")
@@ -171,6 +181,16 @@ def _register_optional(module: str, sub) -> None:
     mod.register(sub)
 
 
+def quiet_libraries() -> None:
+    """Model libraries print load progress and dtype advice on every load; keep the CLI output readable."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonic-serve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -186,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_libraries()
     from sonic_core.face import NoFaceError
     from sonic_core.weights import WeightsError
 

@@ -20,11 +20,11 @@ from stages.audio_encode import AudioEncodeStage
 from stages.diffusion import DiffusionStage
 from stages.fusion import FusionStage
 from stages.image_encode import ImageEncodeStage
-from stages.media.audio_in import load_audio
-from stages.media.encode import Mp4Writer, write_metadata, write_poster
-from stages.media.image_in import load_image
+from stages.media.audio_in import LoadedAudio, load_audio
+from stages.media.encode import write_metadata
+from stages.media.image_in import LoadedImage, load_image
 from stages.payloads import WindowTask
-from stages.postprocess import PostProcessStage, to_hwc
+from stages.postprocess import PostProcessStage, encode_stream, mouth_box, to_hwc
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,15 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class JobInputs:
-    image: str | Path | bytes
-    audio: str | Path | bytes
+    image: str | Path | bytes | LoadedImage
+    audio: str | Path | bytes | LoadedAudio
     face_bbox: FaceBox | None = None
     framing: str = "full"
     expand_ratio: float = 0.5
     duration_s: float | None = None
     crf: int = 18
     keep_resolution: bool = False
+    lip_sync: bool = False
 
 
 @dataclass
@@ -93,8 +94,9 @@ class LocalPipeline:
 
         if settings.steps < MIN_SHARP_STEPS:
             log.warning("%d denoising steps: fewer than %d blurs the mouth", settings.steps, MIN_SHARP_STEPS)
-        audio = load_audio(inputs.audio, duration_s=inputs.duration_s)
-        image = load_image(inputs.image)
+        audio = inputs.audio if isinstance(inputs.audio, LoadedAudio) else load_audio(
+            inputs.audio, duration_s=inputs.duration_s)
+        image = inputs.image if isinstance(inputs.image, LoadedImage) else load_image(inputs.image)
         warnings = [*audio.warnings, *image.warnings]
         encoded_audio = self.audio_stage(audio.samples, audio.warnings)
         encoded_image = self.image_stage(image.image, face_bbox=inputs.face_bbox, framing=inputs.framing,
@@ -132,8 +134,9 @@ class LocalPipeline:
         poster = output.with_suffix(".jpg")
         out_size = encoded_image.framed_size if inputs.keep_resolution else None
         chunks = decode_chunks(frames_total)
-        previous_last: torch.Tensor | None = None
-        with Mp4Writer(output, width, height, fps, audio, crf=inputs.crf, out_size=out_size) as writer:
+
+        def frame_chunks():
+            previous_last: torch.Tensor | None = None
             for i, chunk in enumerate(chunks):
                 frames = diffusion.decode_chunk(latents[0, chunk.start:chunk.stop])
                 if settings.interpolate:
@@ -142,13 +145,15 @@ class LocalPipeline:
                     previous_last = frames[-1:]
                     frames = self.post_stage.interpolate(batch, overlaps_previous=overlaps)
                 array = to_hwc(frames)
-                if i == 0:
-                    write_poster(poster, array[0])
                 if sink:
                     sink.write(array)
-                writer.write(array)
                 progress("decode", i + 1, len(chunks))
-            stats = writer.close()
+                yield array
+
+        lip_box = (mouth_box(encoded_image.face, encoded_image.framed_size, encoded_image.size)
+                   if inputs.lip_sync else None)
+        encoded = encode_stream(frame_chunks(), output, (width, height), fps, audio, crf=inputs.crf,
+                                out_size=out_size, poster=poster, lip_sync_box=lip_box)
         if sink:
             sink.close()
         lap("decode_encode")
@@ -161,11 +166,12 @@ class LocalPipeline:
             "height": height,
             "parameters": {**settings.__dict__, "framing": inputs.framing, "expand_ratio": inputs.expand_ratio,
                            "face_bbox": list(encoded_image.face.as_xyxy())},
-            "lip_sync_offset_s": 0.0,
+            "lip_sync_offset_s": encoded.lip_sync_estimate_s,
+            "lip_sync_applied_s": encoded.lip_sync_applied_s,
             "timings_s": timings,
             "tiny_weights": self.tiny,
             "warnings": warnings,
-            "encoder": stats,
+            "encoder": encoded.stats.__dict__,
         }
         if self.tiny:
             info["notice"] = ("made with TINY RANDOM weights: this video is noise, not a real model. "

@@ -41,7 +41,8 @@ def test_audio_windows_trim_pad_and_stride():
 
 def test_audio_frame_count_and_too_short():
     assert num_video_frames(16000) == 12          # 25 units -> 12 frames
-    assert num_video_frames(16000 * 400 * 2) == 5000  # capped at 10000 units
+    assert num_video_frames(16000 * 600) == 7500      # 10 min: no 400 s cap as in the reference
+    assert num_video_frames(16000 * 3600) == 22500    # capped at 30 min
     with pytest.raises(ValueError, match="too short"):
         frame_clips(torch.zeros(10, 2, 2), torch.zeros(10, 1, 2), units=1)
 

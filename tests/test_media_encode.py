@@ -119,6 +119,12 @@ def test_abort_and_misuse(tmp_path):
         writer.write(np.zeros((5, 64, 64, 3), np.float32))
         raise RuntimeError("generation failed")
     assert not path.exists()
+    with pytest.raises(RuntimeError), Mp4Writer(path, 64, 64, 25.0, tone(0.3), preset="ultrafast") as writer:
+        writer.write(np.zeros((8, 64, 64, 3), np.float32))
+        writer.close()
+        raise RuntimeError("failed after the video was finished")
+    assert path.exists()  # a closed, complete file is kept
+    path.unlink()
     writer = Mp4Writer(path, 64, 64, 25.0, tone(1.0), preset="ultrafast")
     with pytest.raises(ValueError, match="expected frames"):
         writer.write(np.zeros((5, 32, 64, 3), np.float32))
