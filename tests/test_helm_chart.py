@@ -17,7 +17,11 @@ import base64
 import copy
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import helm_python as helm
@@ -81,10 +85,22 @@ def _example(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+# Every optional object switched off.
+EVERYTHING_OFF = {
+    "cpuWorkerGroup": {"enabled": False},
+    "ingress": {"enabled": False},
+    "networkPolicy": {"enabled": False},
+    "podDisruptionBudget": {"enabled": False},
+    "minio": {"bootstrap": {"enabled": False}},
+    "weights": {"sync": {"mode": "none"}},
+    "rayService": {"enableInTreeAutoscaling": False},
+}
+
 CASES = {
     "defaults": {},
     **{p.stem: _example(p) for p in EXAMPLES},
     "everything-on": EVERYTHING_ON,
+    "everything-off": EVERYTHING_OFF,
     "external-s3": EXTERNAL_S3,
 }
 
@@ -288,7 +304,7 @@ def validate_core(obj, definition: str, version: str) -> None:
 def test_core_objects_validate_against_kubernetes_schemas(case, version):
     docs = render(CASES[case])
     core = [d for d in docs if not d["apiVersion"].startswith("ray.io/")]
-    assert {d["kind"] for d in core} >= {"Secret", "NetworkPolicy", "Ingress"}
+    assert {d["kind"] for d in core} >= {"Secret"}
     for doc in core:
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -380,7 +396,8 @@ def test_kuberay_admission_rules(case):
         assert "app.kubernetes.io/name" not in labels and "app.kubernetes.io/created-by" not in labels
         assert not {"ray.io/cluster", "ray.io/node-type", "ray.io/group"} & set(labels)
     assert rs["spec"]["upgradeStrategy"]["type"] in ("None", "NewCluster")
-    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["enableInTreeAutoscaling"] is (case != "everything-off")
+    assert ("autoscalerOptions" in cluster) is cluster["enableInTreeAutoscaling"]
 
 
 # --- values land where they belong ---------------------------------------------------------
@@ -688,6 +705,20 @@ def test_minio_statefulset_service_and_bucket_job():
     compile(cm["data"]["bootstrap_bucket.py"], "bootstrap_bucket.py", "exec")
 
 
+@pytest.mark.s3
+def test_bucket_bootstrap_script_creates_the_bucket_once(s3_server):
+    """The bootstrap Job's script, run against the embedded S3 server: creates, then leaves alone."""
+    bucket = f"sonic-bootstrap-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **s3_server.as_env(), "SONIC_S3_BUCKET": bucket, "BOOTSTRAP_TIMEOUT_S": "30"}
+    script = CHART / "files" / "bootstrap_bucket.py"
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"created bucket {bucket}" in first.stdout
+    assert s3_server.client().bucket_exists(bucket)
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and f"bucket {bucket} already exists" in again.stdout
+
+
 def _matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -763,8 +794,16 @@ def test_every_container_has_requests_limits_and_a_non_root_security_context(cas
             assert res["requests"] and res["limits"], f"{where}/{c['name']}"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    autoscaler = one(render(CASES[case]), "RayService")["spec"]["rayClusterConfig"]["autoscalerOptions"]
-    assert autoscaler["resources"]["limits"] and autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+    autoscaler = one(render(CASES[case]), "RayService")["spec"]["rayClusterConfig"].get("autoscalerOptions")
+    if autoscaler is not None:
+        assert autoscaler["resources"]["limits"] and autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_optional_objects_switch_off():
+    kinds = sorted(d["kind"] for d in render(EVERYTHING_OFF))
+    assert kinds == ["RayService", "Secret", "Secret", "Service", "Service", "StatefulSet"]
+    rs = one(render(EVERYTHING_OFF), "RayService")
+    assert [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]] == ["gpu"]
 
 
 def test_upgrade_strategy_default_is_none_and_configurable():

@@ -17,8 +17,8 @@ def main() -> int:
     secure = os.environ.get("SONIC_S3_SECURE", "false").lower() in ("1", "true", "yes")
     client = Minio(
         endpoint,
-        access_key=os.environ["SONIC_S3_ACCESS_KEY"],
-        secret_key=os.environ["SONIC_S3_SECRET_KEY"],
+        access_key=os.environ.get("SONIC_S3_ACCESS_KEY") or None,
+        secret_key=os.environ.get("SONIC_S3_SECRET_KEY") or None,
         secure=secure,
     )
     deadline = time.monotonic() + float(os.environ.get("BOOTSTRAP_TIMEOUT_S", "300"))
