@@ -42,7 +42,7 @@ def test_generate_writes_mp4_poster_metadata_and_raw_frames(tmp_path, capsys):
     assert "TINY RANDOM weights" in printed
     frames = np.load(raw)
     assert frames.shape == (49, 64, 64, 3) and frames.dtype == np.float32  # 25 frames -> 49 with RIFE
-    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    assert frames.min() >= 0.0 and frames.max() <= 1.0
     with av.open(str(out)) as container:
         kinds = {s.type: s.codec_context.name for s in container.streams}
         duration = container.duration / 1e6
