@@ -55,7 +55,7 @@ class DecodedChunk:
     seconds: float
 
 
-@serve.deployment(name="Diffusion", max_ongoing_requests=2, graceful_shutdown_timeout_s=300,
+@serve.deployment(name="Diffusion", max_ongoing_requests=1, graceful_shutdown_timeout_s=300,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 1},
                   ray_actor_options={"num_cpus": 1})
 class Diffusion:
@@ -134,7 +134,7 @@ class Diffusion:
         schedule = make_schedule(self.scheduler_config, steps, noise_strength, guidance_image, guidance_audio)
         latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
         return Prepared(schedule, latents, fused.conditioning.num_frames, self.replica,
-                        replica_max_ongoing(2))
+                        replica_max_ongoing(1))
 
     async def denoise(self, job_id: str, fused_box: list, step: StepState, frames: list[int],
                       latents: torch.Tensor, ended: tuple[str, ...] = ()) -> WindowOutcome:

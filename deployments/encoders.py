@@ -88,6 +88,7 @@ class Fusion:
             "size": list(image.size),
             "framed_size": list(image.framed_size),
             "face_bbox": list(image.face.as_xyxy()),
+            "face_xywh": [image.face.x, image.face.y, image.face.w, image.face.h],
             "crop_box": list(image.crop_box),
             "num_samples": audio.num_samples,
             "num_frames": audio.clips.num_frames,

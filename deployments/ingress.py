@@ -14,8 +14,8 @@ Every /v1 route needs ``Authorization: Bearer <api key>``. Keys are looked up by
 cached for a minute in the replica.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Serve re-creates the route methods and FastAPI must still see
+# the real `Request` type, not a string.
 import asyncio
 import json
 import logging

@@ -59,6 +59,7 @@ class JobParams:
     duration_s: float | None = None    # trim or pad the audio
     crf: int = 18
     keep_resolution: bool = False
+    lip_sync: bool = False             # estimate the audio/video offset and correct it at mux time
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> JobParams:

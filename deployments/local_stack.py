@@ -65,7 +65,23 @@ def localize(config: dict[str, Any], *, gpus: int = 0, args: dict[str, Any] | No
             cap = LOCAL_MAX_REPLICAS.get(dep["name"], 1)
             scaling["max_replicas"] = max(scaling.get("min_replicas", 1), min(scaling.get("max_replicas", 1), cap))
             scaling["min_replicas"] = min(scaling.get("min_replicas", 1), scaling["max_replicas"])
+    if gpus:
+        _fit_gpu_shares(app.get("deployments", []), gpus)
     return config
+
+
+def _fit_gpu_shares(deployments: list[dict[str, Any]], gpus: int) -> None:
+    """Scale fractional GPU shares down so the minimum replicas of every stage fit on this machine's GPUs."""
+    def replicas(dep: dict[str, Any]) -> int:
+        return int((dep.get("autoscaling_config") or {}).get("min_replicas", dep.get("num_replicas", 1)))
+
+    wanted = sum(float(d["ray_actor_options"].get("num_gpus", 0)) * replicas(d) for d in deployments)
+    if wanted > gpus:
+        factor = gpus / wanted
+        for dep in deployments:
+            share = float(dep["ray_actor_options"].get("num_gpus", 0))
+            if share:
+                dep["ray_actor_options"]["num_gpus"] = max(0.01, int(share * factor * 100) / 100)
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 600.0, app_name: str = APP_NAME) -> None:
@@ -123,10 +139,12 @@ class LocalStack:
     config_path: Path = DEFAULT_CONFIG
     dashboard_port: int | None = None
     log_to_driver: bool = False
+    gpus: int | None = None              # None: what Ray finds; 0: everything on CPU
     s3: EmbeddedS3 | None = field(default=None, init=False)
     settings: S3Settings | None = field(default=None, init=False)
     api_key: str | None = field(default=None, init=False)
     _ray_started: bool = field(default=False, init=False)
+    _saved_env: dict[str, str | None] = field(default_factory=dict, init=False)
 
     @property
     def url(self) -> str:
@@ -149,9 +167,10 @@ class LocalStack:
             else:
                 self.s3 = EmbeddedS3(self.home / "s3", port=self.s3_port)
                 self.settings = self.s3.start()
-            os.environ.update(self.settings.as_env())      # inherited by every Ray worker started below
-            os.environ["SONIC_S3_BUCKET"] = self.bucket
-            os.environ.setdefault("SONIC_WEIGHTS_CACHE", str(self.home / "cache" / "weights"))
+            env = {**self.settings.as_env(), "SONIC_S3_BUCKET": self.bucket,
+                   "SONIC_WEIGHTS_CACHE": os.environ.get("SONIC_WEIGHTS_CACHE") or str(self.home / "cache" / "weights")}
+            self._saved_env = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)      # inherited by every Ray worker started below
             storage = self.storage()
             storage.ensure_bucket()
             self.dashboard_port = self.dashboard_port or free_port()
@@ -159,7 +178,7 @@ class LocalStack:
                      dashboard_port=self.dashboard_port, namespace="serve", log_to_driver=self.log_to_driver,
                      configure_logging=False)
             self._ray_started = True
-            gpus = int(ray.cluster_resources().get("GPU", 0))
+            gpus = int(ray.cluster_resources().get("GPU", 0)) if self.gpus is None else self.gpus
             args = {"weights": str(self.weights), "s3_endpoint": self.settings.endpoint, "s3_bucket": self.bucket,
                     "dtype": self.dtype, **self.extra_args}
             config = localize(load_config(self.config_path), gpus=gpus, args=args, replicas=self.replicas,
@@ -186,6 +205,12 @@ class LocalStack:
         if self.s3 is not None:
             self.s3.stop()
             self.s3 = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -70,7 +70,7 @@ class JobManager:
         self._write_locks: dict[str, asyncio.Lock] = {}
         self.ended: deque[str] = deque(maxlen=ENDED_MEMORY)
         self.diffusion_replicas = 1
-        self.diffusion_max_ongoing = 2
+        self.diffusion_max_ongoing = 1
         self._job_slots: asyncio.Semaphore | None = None
         self._monitor: asyncio.Task | None = None
         try:
@@ -275,12 +275,53 @@ class JobManager:
         fused_box[0] = fused_ref = None
         lap("denoise")
 
-        # 4. decode chunks in parallel; the frames go from Diffusion to PostProcess through the object store.
-        chunks = decode_chunks(frames_total)
+        # 4 + 5. decode chunks in parallel (frames go from Diffusion to PostProcess through the object store),
+        # then RIFE, encode, mux and upload. The frames are never fetched here, so a chunk lost with its
+        # replica only shows in PostProcess: then both phases run again from the latents still held here.
+        job_info = {
+            "tenant": tenant, "id": job_id, "audio_key": record["inputs"]["audio"],
+            "duration_s": params.duration_s, "size": facts["size"], "framed_size": facts["framed_size"],
+            "face_xywh": facts["face_xywh"], "lip_sync": params.lip_sync,
+            "keep_resolution": params.keep_resolution, "interpolate": settings.interpolate, "crf": params.crf,
+            "warnings": facts["warnings"], "timings_s": timings,
+            "parameters": {**settings.__dict__, "framing": params.framing, "expand_ratio": params.expand_ratio,
+                           "face_bbox": facts["face_bbox"]},
+        }
+        attempts = 1 + max(0, self.config.unit_retries)
+        for attempt in range(1, attempts + 1):
+            try:
+                chunk_refs = await self._decode(record, latents)
+                lap("decode")
+                await self._stage(record, "postprocess")
+                post = await self.post.run.remote(job_info, list(chunk_refs), capture)
+                break
+            except Exception as exc:
+                if attempt == attempts or not is_lost_worker(root_cause(exc)):
+                    raise
+                log.warning("%s: decode/postprocess lost a replica (%s); running both again", job_id,
+                            type(root_cause(exc)).__name__)
+            finally:
+                chunk_refs = None
+        latents = None
+        record["placement"]["decode"] = [{"chunk": i, "replica": r} for i, r in enumerate(post["decode_replicas"])]
+        record["placement"]["postprocess"] = post["replica"]
+        lap("postprocess")
+        record.update(state=SUCCEEDED, output=post["output"], finished_at=now())
+        record["timings_s"] = timings
+        await self._stage(record, "done", 1, 1)
+        result: dict[str, Any] = {"record": record}
+        if capture:
+            result["frames"] = post["frames"]
+        return result
+
+    async def _decode(self, record: dict[str, Any], latents) -> list:
+        """Dispatch every decode chunk; ObjectRefs of the frames, in order, once all are computed."""
+        job_id = record["id"]
+        chunks = decode_chunks(latents.shape[1])
         await self._stage(record, "decode", 0, len(chunks))
         done = 0
 
-        async def decode_unit(index: int, start: int, stop: int):
+        async def decode_unit(start: int, stop: int):
             nonlocal done
             chunk_latents = latents[0, start:stop].clone()  # a view would pickle the whole tensor
 
@@ -294,34 +335,8 @@ class JobManager:
             await self._stage(record, "decode", done, len(chunks))
             return ref
 
-        chunk_refs = await asyncio.gather(*(
-            self.dispatcher.submit(job_id, lambda i=i, c=c: decode_unit(i, c.start, c.stop))
-            for i, c in enumerate(chunks)))
-        latents = None
-        lap("decode")
-
-        # 5. RIFE, encode, mux and upload.
-        await self._stage(record, "postprocess")
-        job_info = {
-            "tenant": tenant, "id": job_id, "audio_key": record["inputs"]["audio"],
-            "duration_s": params.duration_s, "size": facts["size"], "framed_size": facts["framed_size"],
-            "keep_resolution": params.keep_resolution, "interpolate": settings.interpolate, "crf": params.crf,
-            "warnings": facts["warnings"], "timings_s": dict(timings),
-            "parameters": {**settings.__dict__, "framing": params.framing, "expand_ratio": params.expand_ratio,
-                           "face_bbox": facts["face_bbox"]},
-        }
-        post = await self.post.run.remote(job_info, list(chunk_refs), capture)
-        chunk_refs = None
-        record["placement"]["decode"] = [{"chunk": i, "replica": r} for i, r in enumerate(post["decode_replicas"])]
-        record["placement"]["postprocess"] = post["replica"]
-        lap("postprocess")
-        record.update(state=SUCCEEDED, output=post["output"], finished_at=now())
-        record["timings_s"] = timings
-        await self._stage(record, "done", 1, 1)
-        result: dict[str, Any] = {"record": record}
-        if capture:
-            result["frames"] = post["frames"]
-        return result
+        return list(await asyncio.gather(*(
+            self.dispatcher.submit(job_id, lambda c=c: decode_unit(c.start, c.stop)) for c in chunks)))
 
     async def __del__(self):
         """On scale-down or redeploy, let running jobs finish (bounded by graceful_shutdown_timeout_s)."""

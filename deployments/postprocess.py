@@ -1,5 +1,5 @@
-"""Stage deployment 4: RIFE per decoded chunk, H.264/AAC encode and mux, upload of the MP4 (plus poster and
-metadata) to S3. Wraps :class:`stages.postprocess.PostProcessStage` and the media layer's ``Mp4Writer``.
+"""Stage deployment 4: RIFE per decoded chunk, lip-sync estimate, H.264/AAC encode and mux, upload of the MP4
+(plus poster and metadata) to S3. Wraps :class:`stages.postprocess.PostProcessStage` and ``encode_stream``.
 
 The decoded chunks arrive as ObjectRefs (nested, so Ray does not resolve them all at once) and are streamed in
 order: fetch chunk i, interpolate it together with chunk i-1's last frame, encode, drop it. Memory stays at
@@ -50,9 +50,10 @@ class PostProcess:
         self.replica = replica_name()
 
     def _run(self, job: dict[str, Any], chunk_refs: list, capture: bool) -> dict[str, Any]:
+        from sonic_core.face import FaceBox
         from stages.media.audio_in import load_audio
-        from stages.media.encode import Mp4Writer, write_metadata, write_poster
-        from stages.postprocess import to_hwc
+        from stages.media.encode import write_metadata
+        from stages.postprocess import encode_stream, mouth_box, to_hwc
 
         start = time.perf_counter()
         tenant, job_id = job["tenant"], job["id"]
@@ -61,32 +62,37 @@ class PostProcess:
         interpolate = bool(job["interpolate"])
         fps = 25.0 if interpolate else 12.5
         out_size = tuple(job["framed_size"]) if job.get("keep_resolution") else None
+        lip_box = (mouth_box(FaceBox(*job["face_xywh"]), tuple(job["framed_size"]), (width, height))
+                   if job.get("lip_sync") else None)
         captured: list[np.ndarray] = []
         decode_replicas: list[str] = []
-        frames_out = 0
+        counted = {"frames": 0}
+
+        def frame_chunks():
+            """Fetch chunk i, interpolate it with chunk i-1's last frame, yield it, drop it."""
+            previous_last: torch.Tensor | None = None
+            for ref in chunk_refs:
+                chunk = ray.get(ref)
+                decode_replicas.append(chunk.replica)
+                frames = chunk.frames
+                del chunk
+                if interpolate:
+                    overlaps = previous_last is not None
+                    batch = torch.cat([previous_last, frames]) if overlaps else frames
+                    previous_last = frames[-1:]
+                    frames = self.stage.interpolate(batch, overlaps_previous=overlaps)
+                array = to_hwc(frames)
+                if capture:
+                    captured.append(array.copy())
+                counted["frames"] += len(array)
+                yield array
+
         with tempfile.TemporaryDirectory(prefix=f"sonic-{job_id}-") as tmp:
             video, poster, metadata = Path(tmp) / "video.mp4", Path(tmp) / "poster.jpg", Path(tmp) / "metadata.json"
-            previous_last: torch.Tensor | None = None
-            with Mp4Writer(video, width, height, fps, audio, crf=int(job.get("crf", 18)),
-                           out_size=out_size) as writer:
-                for i, ref in enumerate(chunk_refs):
-                    chunk = ray.get(ref)
-                    decode_replicas.append(chunk.replica)
-                    frames = chunk.frames
-                    del chunk
-                    if interpolate:
-                        overlaps = previous_last is not None
-                        batch = torch.cat([previous_last, frames]) if overlaps else frames
-                        previous_last = frames[-1:]
-                        frames = self.stage.interpolate(batch, overlaps_previous=overlaps)
-                    array = to_hwc(frames)
-                    if i == 0:
-                        write_poster(poster, array[0])
-                    if capture:
-                        captured.append(array.copy())
-                    writer.write(array)
-                    frames_out += len(array)
-                stats = encode_stats(writer.close())
+            encoded = encode_stream(frame_chunks(), video, (width, height), fps, audio, crf=int(job.get("crf", 18)),
+                                    out_size=out_size, poster=poster, lip_sync_box=lip_box)
+            stats = encode_stats(encoded.stats)
+            frames_out = counted["frames"]
             info = {
                 "job_id": job_id,
                 "duration_s": audio.duration_s,
@@ -95,7 +101,8 @@ class PostProcess:
                 "width": width,
                 "height": height,
                 "parameters": job.get("parameters", {}),
-                "lip_sync_offset_s": 0.0,
+                "lip_sync_offset_s": encoded.lip_sync_estimate_s,
+                "lip_sync_applied_s": encoded.lip_sync_applied_s,
                 "timings_s": job.get("timings_s", {}),
                 "tiny_weights": self.tiny,
                 "warnings": job.get("warnings", []),
@@ -113,8 +120,10 @@ class PostProcess:
             }
         output = {
             "video_key": keys["video"], "poster_key": keys["poster"], "metadata_key": keys["metadata"],
-            "bytes": uploaded["video"].size, "frames": frames_out, "fps": fps, "width": width, "height": height,
-            "duration_s": audio.duration_s, "tiny_weights": self.tiny, "encoder": stats,
+            "bytes": uploaded["video"].size, "frames": frames_out, "fps": fps, "width": stats.get("width", width),
+            "height": stats.get("height", height), "duration_s": audio.duration_s, "tiny_weights": self.tiny,
+            "lip_sync_offset_s": encoded.lip_sync_estimate_s, "lip_sync_applied_s": encoded.lip_sync_applied_s,
+            "encoder": stats,
         }
         if self.tiny:
             output["notice"] = TINY_NOTICE
@@ -125,7 +134,7 @@ class PostProcess:
         return result
 
     async def run(self, job: dict[str, Any], chunk_refs: list, capture: bool = False) -> dict[str, Any]:
-        """``job``: tenant, id, audio_key, duration_s, size, framed_size, keep_resolution, interpolate, crf,
-        parameters, warnings. ``chunk_refs``: ObjectRefs of the decoded chunks, in order (inside a list, so
-        Ray hands them over unresolved)."""
+        """``job``: tenant, id, audio_key, duration_s, size, framed_size, face_xywh, keep_resolution, lip_sync,
+        interpolate, crf, parameters, warnings, timings_s. ``chunk_refs``: ObjectRefs of the decoded chunks, in
+        order (inside a list, so Ray hands them over unresolved)."""
         return await run_blocking(self._run, job, list(chunk_refs), capture)

@@ -48,7 +48,8 @@ def s3_storage(s3_server, request):
 @pytest.fixture(scope="session")
 def serve_stack(s3_server):
     """The Serve app from deployments/serve_config.yaml on a local Ray (tiny weights; 2 Diffusion replicas,
-    one of everything else), its HTTP on a free port, and an API key for tenant ``local``."""
+    one of everything else; one torch thread per replica), its HTTP on a free port, and an API key for
+    tenant ``local``."""
     from deployments.local_stack import LocalStack
     from deployments.s3server import free_port
     from tests.helpers import tiny_weights
@@ -58,6 +59,7 @@ def serve_stack(s3_server):
                        s3_settings=s3_server, bucket="sonic-test", dtype="fp32",
                        replicas={"Diffusion": 2, "AudioEncoder": 1, "ImageEncoder": 1, "Fusion": 1,
                                  "PostProcess": 1, "Ingress": 1},
+                       extra_args={"torch_threads": 1, "device": "cpu"}, gpus=0,
                        log_to_driver=bool(os.environ.get("SONIC_TEST_RAY_LOGS")))
     stack.start()
     try:

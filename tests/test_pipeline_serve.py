@@ -29,6 +29,7 @@ from tests.helpers import SESSION_DIR, astronaut_png, speech_wav, tiny_weights
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.timeout(600)]
 
 SECONDS = 3.0
+TORCH_THREADS = 1      # the serve_stack fixture's torch_threads
 BASE = {"steps": 2, "min_resolution": 128}
 
 
@@ -73,14 +74,19 @@ def _run_captured(stack, seed: int) -> tuple[dict, np.ndarray]:
 
 @functools.cache
 def _single_process_frames(seed: int) -> np.ndarray:
-    """The same job through ``sonic-serve generate``'s single-process pipeline (same stage classes)."""
-    from stages.local import JobInputs, LocalPipeline
+    """The same job through ``sonic-serve generate``'s single-process pipeline (same stage classes), at the
+    replicas' intra-op thread count (torch's CPU reductions are ordered by thread count)."""
+    from stages.local import JobInputs
 
     settings = JobParams.from_dict({**BASE, "seed": seed}).settings()
-    pipeline = _local_pipeline()
     out = SESSION_DIR / f"local-{seed}"
-    pipeline.generate(JobInputs(image=astronaut_png(), audio=speech_wav(SECONDS)), settings, out / "video.mp4",
-                      raw_frames=out / "frames.npy")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        _local_pipeline().generate(JobInputs(image=astronaut_png(), audio=speech_wav(SECONDS)), settings,
+                                   out / "video.mp4", raw_frames=out / "frames.npy")
+    finally:
+        torch.set_num_threads(threads)
     return np.load(out / "frames.npy")
 
 
@@ -118,7 +124,7 @@ def test_healthz_and_auth(serve_stack):
 
 def test_end_to_end_over_http(serve_stack, tmp_path):
     with _client(serve_stack) as client:
-        job = _submit_http(client, seed=7, **BASE)
+        job = _submit_http(client, seed=7, lip_sync="true", **BASE)
         assert job["state"] == "queued"
         record = _wait(client, job["id"])
         assert record["state"] == "succeeded", record["error"]
@@ -133,6 +139,7 @@ def test_end_to_end_over_http(serve_stack, tmp_path):
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == round(SECONDS * 25)
     assert record["output"]["frames"] == 2 * 37 - 1 and record["output"]["tiny_weights"] is True
+    assert abs(record["output"]["lip_sync_applied_s"]) <= 0.05 and "lip_sync_offset_s" in record["output"]
     stored = serve_stack.storage().get_json(Keys.job("local", job["id"]))
     assert stored["state"] == "succeeded"             # the S3 record is what the ingress served
     assert set(stored["timings_s"]) == {"encode", "fusion", "denoise", "decode", "postprocess"}
@@ -159,7 +166,7 @@ def test_distributed_frames_equal_single_process(serve_stack):
 def test_two_concurrent_jobs_spread_windows_and_are_both_correct(serve_stack):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda seed: _run_captured(serve_stack, seed), (21, 22)))
-    for seed, (record, frames) in zip((21, 22), runs, strict=True):
+    for seed, (_, frames) in zip((21, 22), runs, strict=True):
         assert np.array_equal(frames, _single_process_frames(seed)), f"seed {seed} differs"
     assert not np.array_equal(runs[0][1], runs[1][1])
     replicas_used = set()
@@ -174,3 +181,16 @@ def test_two_concurrent_jobs_spread_windows_and_are_both_correct(serve_stack):
     assert len(replicas_used) >= 2, replicas_used
     spread = [len({w["replica"] for w in r["placement"]["windows"]}) for r, _ in runs]
     assert max(spread) >= 2, spread                      # one job's windows ran on both replicas
+
+
+def test_cli_submit_downloads_the_video(serve_stack, tmp_path, capsys):
+    from sonic_serve.cli import main
+
+    out = tmp_path / "cli.mp4"
+    code = main(["submit", "--url", serve_stack.url, "--api-key", serve_stack.api_key, "--image",
+                 str(astronaut_png()), "--audio", str(speech_wav(SECONDS)), "-o", str(out), "--steps", "2",
+                 "--min-resolution", "128", "--no-interpolate"])
+    assert code == 0, capsys.readouterr().err
+    assert "wrote" in capsys.readouterr().out
+    with av.open(str(out)) as container:
+        assert float(container.streams.video[0].average_rate) == 12.5     # --no-interpolate
