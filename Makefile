@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 SONIC := $(VENV)/bin/sonic-serve
 # Tiny test weights are noise at any setting, so the demo keeps them cheap; with real weights in ./weights,
 # `make demo DEMO_ARGS=` runs the reference defaults (25 steps, 512 px).
-DEMO_ARGS ?= --min-resolution 256 --steps 4
+DEMO_ARGS ?= --min-resolution 192 --steps 4
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-local test lint clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# the demo goes through the whole local stack: Ray Serve, embedded S3, HTTP submit
 demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/demo.sh $(DEMO_ARGS)
+
+# the same job in one process, no Ray
+demo-local: install
 	$(SONIC) generate --image examples/portrait.png --audio examples/speech.wav -o out/demo.mp4 $(DEMO_ARGS)
 
 test: install
