@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from typing import Any
 
@@ -32,6 +31,7 @@ from deployments.storage import Keys
 from sonic_core.decode import decode_chunks
 from sonic_core.face import parse_face_bbox
 from sonic_core.sampler import merge_windows, plan_windows
+from stages.timing import LapTimer
 
 log = logging.getLogger("sonic.manager")
 
@@ -202,14 +202,8 @@ class JobManager:
         job_id, tenant = record["id"], record["tenant"]
         params = JobParams(**record["params"])
         settings = params.settings()
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            t = time.perf_counter()
-            timings[name] = round(t - clock, 3)
-            clock = t
+        timer = LapTimer()
+        lap, timings = timer.lap, timer.timings
 
         record.update(state=RUNNING, started_at=now(), error=None, timings_s=timings,
                       placement={"windows": [], "decode": [], "conditioning_loads": {}})

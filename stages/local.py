@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from stages.media.encode import write_metadata
 from stages.media.image_in import LoadedImage, load_image
 from stages.payloads import WindowTask
 from stages.postprocess import PostProcessStage, encode_stream, mouth_box, to_hwc
+from stages.timing import LapTimer
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,8 @@ class LocalPipeline:
     def generate(self, inputs: JobInputs, settings: GenerationSettings, output: str | Path,
                  raw_frames: str | Path | None = None, progress: Progress | None = None) -> JobOutputs:
         progress = progress or (lambda stage, done, total: None)
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[name] = round(now - clock, 3)
-            clock = now
+        timer = LapTimer()
+        lap, timings = timer.lap, timer.timings
 
         if settings.steps < MIN_SHARP_STEPS:
             log.warning("%d denoising steps: fewer than %d blurs the mouth", settings.steps, MIN_SHARP_STEPS)
