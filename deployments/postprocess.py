@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray import serve
 
 from deployments.common import replica_name, run_blocking
@@ -53,7 +52,7 @@ class PostProcess:
         from sonic_core.face import FaceBox
         from stages.media.audio_in import load_audio
         from stages.media.encode import write_metadata
-        from stages.postprocess import encode_stream, mouth_box, to_hwc
+        from stages.postprocess import encode_stream, mouth_box
 
         start = time.perf_counter()
         tenant, job_id = job["tenant"], job["id"]
@@ -68,20 +67,17 @@ class PostProcess:
         decode_replicas: list[str] = []
         counted = {"frames": 0}
 
-        def frame_chunks():
-            """Fetch chunk i, interpolate it with chunk i-1's last frame, yield it, drop it."""
-            previous_last: torch.Tensor | None = None
+        def decoded():
+            """Fetch chunk i, yield its frames, drop it."""
             for ref in chunk_refs:
                 chunk = ray.get(ref)
                 decode_replicas.append(chunk.replica)
                 frames = chunk.frames
                 del chunk
-                if interpolate:
-                    overlaps = previous_last is not None
-                    batch = torch.cat([previous_last, frames]) if overlaps else frames
-                    previous_last = frames[-1:]
-                    frames = self.stage.interpolate(batch, overlaps_previous=overlaps)
-                array = to_hwc(frames)
+                yield frames
+
+        def frame_chunks():
+            for array in self.stage.display_chunks(decoded(), interpolate):
                 if capture:
                     captured.append(array.copy())
                 counted["frames"] += len(array)

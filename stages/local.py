@@ -23,7 +23,7 @@ from stages.media.audio_in import LoadedAudio, load_audio
 from stages.media.encode import write_metadata
 from stages.media.image_in import LoadedImage, load_image
 from stages.payloads import WindowTask
-from stages.postprocess import PostProcessStage, encode_stream, mouth_box, to_hwc
+from stages.postprocess import PostProcessStage, encode_stream, mouth_box
 from stages.timing import LapTimer
 
 log = logging.getLogger(__name__)
@@ -129,19 +129,15 @@ class LocalPipeline:
         out_size = encoded_image.framed_size if inputs.keep_resolution else None
         chunks = decode_chunks(frames_total)
 
-        def frame_chunks():
-            previous_last: torch.Tensor | None = None
+        def decoded():
             for i, chunk in enumerate(chunks):
-                frames = diffusion.decode_chunk(latents[0, chunk.start:chunk.stop])
-                if settings.interpolate:
-                    overlaps = previous_last is not None
-                    batch = torch.cat([previous_last, frames]) if overlaps else frames
-                    previous_last = frames[-1:]
-                    frames = self.post_stage.interpolate(batch, overlaps_previous=overlaps)
-                array = to_hwc(frames)
+                yield diffusion.decode_chunk(latents[0, chunk.start:chunk.stop])
+                progress("decode", i + 1, len(chunks))
+
+        def frame_chunks():
+            for array in self.post_stage.display_chunks(decoded(), settings.interpolate):
                 if sink:
                     sink.write(array)
-                progress("decode", i + 1, len(chunks))
                 yield array
 
         lip_box = (mouth_box(encoded_image.face, encoded_image.framed_size, encoded_image.size)

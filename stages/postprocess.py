@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +76,18 @@ def encode_stream(chunks: Iterable[np.ndarray], output: Path, size: tuple[int, i
 class PostProcessStage:
     def __init__(self, weights: str | Path, device: str = "cpu"):
         self.rife = load_rife(WeightsLayout(Path(weights)), device)
+
+    def display_chunks(self, decoded: Iterable[torch.Tensor], interpolate: bool) -> Iterator[np.ndarray]:
+        """Decoded chunks in order -> [n, H, W, 3] float32 chunks at display rate. With interpolation, each chunk
+        after the first is interpolated together with the previous chunk's last frame."""
+        previous_last: torch.Tensor | None = None
+        for frames in decoded:
+            if interpolate:
+                overlaps = previous_last is not None
+                batch = torch.cat([previous_last, frames]) if overlaps else frames
+                previous_last = frames[-1:]
+                frames = self.interpolate(batch, overlaps_previous=overlaps)
+            yield to_hwc(frames)
 
     def interpolate(self, frames: torch.Tensor, overlaps_previous: bool) -> torch.Tensor:
         """RIFE on one decoded chunk. A chunk that starts with the previous chunk's last frame (one-frame
