@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from sonic_core.decode import DECODE_CHUNK, decode_chunk, decode_chunks, interpolate_chunk
 from sonic_core.models.unet import FaceMask
 from sonic_core.sampler import (
     Schedule,
@@ -53,7 +52,6 @@ class GenerationSettings:
     guidance_image: float = 2.0
     guidance_audio: float = 7.5
     temporal_smoothing: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, dict] = {
@@ -93,22 +91,3 @@ def denoise(unet, job, ref_latents_scaled: torch.Tensor, noise: torch.Tensor, sc
             on_step(n + 1, len(schedule.steps))
     return latents
 
-
-def iter_frames(vae, rife, latents: torch.Tensor, interpolate: bool,
-                chunk: int = DECODE_CHUNK) -> Iterator[torch.Tensor]:
-    """Decode (and interpolate) chunk by chunk; yields float32 [n, 3, H, W] frames in display order.
-
-    Interpolated chunks overlap by one frame: each chunk after the first is interpolated together with the
-    previous chunk's last frame, which is then dropped from the output.
-    """
-    previous_last: torch.Tensor | None = None
-    for frames_range in decode_chunks(latents.shape[1], chunk):
-        frames = decode_chunk(vae, latents[0, frames_range.start:frames_range.stop]).cpu()
-        if not interpolate:
-            yield frames
-            continue
-        if previous_last is None:
-            yield interpolate_chunk(rife, frames)
-        else:
-            yield interpolate_chunk(rife, torch.cat([previous_last, frames]))[1:]
-        previous_last = frames[-1:]

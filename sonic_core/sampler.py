@@ -6,7 +6,6 @@ One denoising step = ``plan_windows`` -> ``denoise_window`` per window (independ
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -186,6 +185,3 @@ def draw_noise(seed: int, image_shape: tuple[int, ...], latent_shape: tuple[int,
 def latent_shape(num_frames: int, width: int, height: int, vae_scale: int = 8) -> tuple[int, int, int, int, int]:
     return (1, num_frames, 4, height // vae_scale, width // vae_scale)
 
-
-def num_windows(num_frames: int, window: int = WINDOW) -> int:
-    return math.ceil(num_frames / window)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def encode_stream(chunks: Iterable[np.ndarray], output: Path, size: tuple[int, i
     applied = clamp_offset(estimate, LIPSYNC_APPLY_LIMIT_S) if estimate is not None else 0.0
     first = True
     with Mp4Writer(output, size[0], size[1], fps, audio, crf=crf, out_size=out_size, av_offset_s=applied) as writer:
-        for chunk in [*buffered, *iterator] if buffered else iterator:
+        for chunk in itertools.chain(buffered, iterator):
             chunk = np.asarray(chunk, dtype=np.float32)
             if first and poster is not None:
                 write_poster(poster, chunk[0])

@@ -31,6 +31,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
+from sonic_serve.ops import STAGES  # values key -> Serve deployment name
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "sonic-serve"
 SERVE_CONFIG = ROOT / "deployments" / "serve_config.yaml"
@@ -44,15 +46,6 @@ K8S_VERSIONS = ["1.28.0", "1.33.0"]
 RELEASE = "sonic-serve"
 NAMESPACE = "sonic-serve"
 
-STAGES = {
-    "audio": "AudioEncoder",
-    "image": "ImageEncoder",
-    "fusion": "Fusion",
-    "diffusion": "Diffusion",
-    "postprocess": "PostProcess",
-    "manager": "JobManager",
-    "ingress": "Ingress",
-}
 
 # A values file that switches on every optional path the defaults leave off.
 EVERYTHING_ON = {
