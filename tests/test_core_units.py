@@ -74,11 +74,11 @@ def test_prepare_image_ranges_and_shapes():
 
 
 def test_crop_box_is_square_and_shifted_toward_face():
-    x1, y1, x2, y2 = expand_to_square(FaceBox(100, 50, 100, 150), 0.5, width=400, height=600)
-    assert x2 - x1 == y2 - y1
-    assert x1 <= 100 and x2 >= 200
-    # expanded box is taller than wide: the square slides vertically toward the face centre (y=125)
-    assert abs((y1 + y2) / 2 - 125) <= abs((y1 + y2) / 2 - 125.0) + 1e-9
+    # grown box 50..250 x 0..275 (clipped at the top): a 200 px square whose centre moves from the grown
+    # box's (y=137.5) to the face's (y=125), the shift being within the 37.5 px slack
+    assert expand_to_square(FaceBox(100, 50, 100, 150), 0.5, width=400, height=600) == (50, 25, 250, 225)
+    # clipped at the bottom instead: the square moves down to the face centre (y=475)
+    assert expand_to_square(FaceBox(100, 400, 100, 150), 0.5, width=400, height=600) == (50, 375, 250, 575)
 
 
 def test_pick_face_follows_reference_rule():
