@@ -46,6 +46,18 @@ class AppConfig:
     diffusion_queue_per_replica: int = 1    # units queued per Diffusion replica beyond its max_ongoing_requests
     max_active_jobs: int = 32               # jobs the manager runs at once; the rest wait in state queued
     unit_retries: int = 2                   # retries of a window/decode unit lost with its replica
+    # Admission (the JobManager decides; refusals are 429/503 with Retry-After). Tenant records in S3 or the
+    # API keys file may override the per-tenant numbers.
+    tenant_max_running: int = 4             # a tenant's jobs running at once
+    tenant_max_queued: int = 200            # a tenant's jobs waiting to run
+    tenant_submits_per_minute: int = 120    # a tenant's submissions per rolling minute
+    max_queued_jobs: int = 2000             # all tenants' waiting jobs: beyond this, 503
+    checkpoint_every: int = 1               # persist latents to S3 every N denoising steps (0: never)
+    api_keys_file: str = ""                 # YAML/JSON tenants + keys file (see docs/api.md); "" = S3 only
+    webhook_allow: str = ""                 # comma-separated hosts/CIDRs webhooks may reach despite SSRF rules
+    public_s3_endpoint: str = ""            # scheme://host:port clients use for presigned URLs ("" = s3_endpoint)
+    presign_expiry_s: int = 900             # lifetime of presigned upload and download URLs
+    retention_days: int = 30                # S3 lifecycle expiry of inputs/outputs/checkpoints (0: keep)
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> AppConfig:

@@ -6,12 +6,13 @@ can add fields without a schema migration; :func:`new_record` fixes the fields e
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from deployments.storage import Keys, Storage
 from sonic_core.engine import DEFAULT_SEED, PRESETS, GenerationSettings
@@ -21,6 +22,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # Stages in the order a job passes them (``stage`` in the record).
 STAGES = ("queued", "encode", "fusion", "denoise", "decode", "postprocess", "done")
+MAX_METADATA_BYTES = 16 << 10
 
 
 class ParamError(ValueError):
@@ -60,11 +62,23 @@ class JobParams:
     crf: int = 18
     keep_resolution: bool = False
     lip_sync: bool = False             # estimate the audio/video offset and correct it at mux time
+    fps: float | None = None           # 25 (RIFE-interpolated) or 12.5 (as generated); sets ``interpolate``
+    webhook_url: str | None = None     # POSTed job.succeeded / job.failed / job.cancelled (signed)
+    metadata: dict | None = None       # free-form JSON object echoed back in the record and webhooks
+
+    # ``inference_steps`` is accepted as another name of ``steps``.
+    ALIASES: ClassVar[dict[str, str]] = {"inference_steps": "steps"}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> JobParams:
         """Parse and validate (strings from a form are converted); unknown names are an error."""
         known = {f.name: f for f in fields(cls)}
+        raw = dict(raw)
+        for alias, name in cls.ALIASES.items():
+            if alias in raw:
+                if name in raw and raw[name] not in (None, "") and raw[name] != raw[alias]:
+                    raise ParamError(alias, f"`{alias}` and `{name}` disagree; send one of them")
+                raw[name] = raw.pop(alias)
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ParamError(unknown[0], f"unknown parameter (known: {', '.join(known)})")
@@ -74,17 +88,22 @@ class JobParams:
                 continue
             kind = str(known[name].type)
             try:
-                if "bool" in kind:
-                    values[name] = value if isinstance(value, bool) else str(value).lower() in (
-                        "1", "true", "yes", "on")
+                if "dict" in kind:
+                    values[name] = _json_object(name, value)
+                elif "bool" in kind:
+                    values[name] = _boolean(name, value)
                 elif "int" in kind:
-                    values[name] = int(value)
+                    values[name] = _integer(value)
                 elif "float" in kind:
+                    if isinstance(value, bool):
+                        raise TypeError
                     values[name] = float(value)
                 else:
                     values[name] = str(value)
-            except (TypeError, ValueError):
-                raise ParamError(name, f"not a valid {kind.split(' ')[0]}: {value!r}") from None
+            except ParamError:
+                raise
+            except (TypeError, ValueError, OverflowError):
+                raise ParamError(name, f"not a valid {kind.split(' ')[0]}: {str(value)[:80]!r}") from None
         params = cls(**values)
         params.validate()
         return params
@@ -108,6 +127,15 @@ class JobParams:
         check(self.framing in ("full", "crop", "vertical"), "framing", "must be full, crop or vertical")
         check(0 <= self.expand_ratio <= 2, "expand_ratio", "must be in 0-2")
         check(0 <= self.crf <= 51, "crf", "must be 0-51")
+        check(self.fps is None or self.fps in (12.5, 25.0), "fps", "must be 25 or 12.5")
+        check(self.fps is None or self.interpolate is None or self.interpolate == (self.fps == 25.0), "fps",
+              "contradicts `interpolate` (25 fps is interpolated, 12.5 fps is not); send one of them")
+        if self.webhook_url is not None:
+            check(len(self.webhook_url) <= 2048 and self.webhook_url.lower().startswith(("http://", "https://")),
+                  "webhook_url", "must be an http:// or https:// URL of at most 2048 characters")
+        if self.metadata is not None:
+            check(len(json.dumps(self.metadata)) <= MAX_METADATA_BYTES, "metadata",
+                  f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
         if self.face_bbox:
             try:
                 parse_face_bbox(self.face_bbox)
@@ -124,10 +152,45 @@ class JobParams:
             settings.steps = self.steps
         if self.interpolate is not None:
             settings.interpolate = self.interpolate
+        if self.fps is not None:
+            settings.interpolate = self.fps == 25.0
         return settings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(name)
+
+
+def _integer(value: Any) -> int:
+    """An int from an int, an integral float or a decimal string; never from a bool."""
+    if isinstance(value, bool):
+        raise TypeError("bool")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("fraction")
+        return int(value)
+    return int(str(value).strip())
+
+
+def _json_object(name: str, value: Any) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ParamError(name, "must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ParamError(name, "must be a JSON object")
+    return value
 
 
 def new_job_id() -> str:
@@ -159,8 +222,20 @@ def new_record(job_id: str, tenant: str, params: JobParams, inputs: dict[str, st
         "finished_at": None,
         "timings_s": {},
         "placement": {},
+        "metadata": params.metadata,
+        "history": [{"state": QUEUED, "at": t}],
         **(extra or {}),
     }
+
+
+def set_state(record: dict[str, Any], state: str, **fields: Any) -> None:
+    """Move ``record`` to ``state`` (appending to its ``history``) and set other fields with it."""
+    at = now()
+    record.update(state=state, **fields)
+    if state in TERMINAL:
+        record.setdefault("finished_at", at)
+        record["finished_at"] = record["finished_at"] or at
+    record.setdefault("history", []).append({"state": state, "at": at})
 
 
 def public_view(record: dict[str, Any]) -> dict[str, Any]:

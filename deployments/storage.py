@@ -2,9 +2,15 @@
 
 Any S3 server works (MinIO, SeaweedFS, Ceph RGW, AWS). One bucket holds everything, under fixed prefixes::
 
-    inputs/{tenant}/{job_id}/image.{ext}, audio.{ext}   uploaded portrait and speech
+    uploads/{tenant}/{upload_id}/{image|audio}           presigned-PUT uploads (POST /v1/uploads)
+    inputs/{tenant}/{job_id}/image.{ext}, audio.{ext}   a job's portrait and speech
     outputs/{tenant}/{job_id}/video.mp4, poster.jpg, metadata.json
     jobs/{tenant}/{job_id}.json                          job records (the source of truth for job state)
+    checkpoints/{tenant}/{job_id}/...                    denoising checkpoints of unfinished jobs
+    idempotency/{tenant}/{sha256 of key}.json            Idempotency-Key -> job id and request hash
+    batches/{tenant}/{batch_id}.json                     batch records (POST /v1/batches)
+    webhooks/pending/{event_id}.json                     webhook deliveries not yet acknowledged
+    webhooks/delivered/{tenant}/{event_id}.json          delivered webhooks (with attempts)
     tenants/{tenant}.json                                tenant records
     apikeys/{sha256 of key}.json                         API keys, hashed at rest
     models/{name}/...                                    model weights (``sonic-serve weights push``)
@@ -153,6 +159,30 @@ class Keys:
     @staticmethod
     def jobs(tenant: str) -> str:
         return f"jobs/{tenant}/"
+
+    @staticmethod
+    def upload(tenant: str, upload_id: str, name: str) -> str:
+        return f"uploads/{tenant}/{upload_id}/{name}"
+
+    @staticmethod
+    def checkpoint(tenant: str, job_id: str, name: str) -> str:
+        return f"checkpoints/{tenant}/{job_id}/{name}"
+
+    @staticmethod
+    def idempotency(tenant: str, key_hash: str) -> str:
+        return f"idempotency/{tenant}/{key_hash}.json"
+
+    @staticmethod
+    def batch(tenant: str, batch_id: str) -> str:
+        return f"batches/{tenant}/{batch_id}.json"
+
+    @staticmethod
+    def webhook_pending(event_id: str) -> str:
+        return f"webhooks/pending/{event_id}.json"
+
+    @staticmethod
+    def webhook_delivered(tenant: str, event_id: str) -> str:
+        return f"webhooks/delivered/{tenant}/{event_id}.json"
 
     @staticmethod
     def tenant(tenant: str) -> str:
