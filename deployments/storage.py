@@ -6,6 +6,7 @@ Any S3 server works (MinIO, SeaweedFS, Ceph RGW, AWS). One bucket holds everythi
     inputs/{tenant}/{job_id}/image.{ext}, audio.{ext}   a job's portrait and speech
     outputs/{tenant}/{job_id}/video.mp4, poster.jpg, metadata.json
     jobs/{tenant}/{job_id}.json                          job records (the source of truth for job state)
+    active/{tenant}/{job_id}                             marker of an unfinished job (resumed after a restart)
     checkpoints/{tenant}/{job_id}/...                    denoising checkpoints of unfinished jobs
     idempotency/{tenant}/{sha256 of key}.json            Idempotency-Key -> job id and request hash
     batches/{tenant}/{batch_id}.json                     batch records (POST /v1/batches)
@@ -126,19 +127,41 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.2) -> T:
-    """Call ``fn``; on a transient S3 or network error wait (exponential backoff with jitter) and retry."""
-    for attempt in range(1, attempts + 1):
+# Called with (operation, exception) on every failed S3 attempt, transient or not (metrics hook in here).
+S3_ERROR_LISTENERS: list[Callable[[str, BaseException], None]] = []
+# How long transient failures are retried before an operation gives up: long enough to ride out an S3
+# restart (the reliability tests take S3 away for 10 s).
+RETRY_DEADLINE_S = float(os.environ.get("SONIC_S3_RETRY_DEADLINE_S", "60"))
+
+
+def _notify(what: str, exc: BaseException) -> None:
+    op = what.split(" ", 1)[0]
+    for listener in S3_ERROR_LISTENERS:
+        try:
+            listener(op, exc)
+        except Exception:  # noqa: BLE001 - a metrics hook must never break storage
+            log.debug("S3 error listener failed", exc_info=True)
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float = 0.2,
+                 deadline_s: float | None = None, max_delay: float = 5.0) -> T:
+    """Call ``fn``; on a transient S3 or network error wait (exponential backoff with jitter, capped at
+    ``max_delay``) and retry, until ``attempts`` tries (if given) or ``deadline_s`` seconds have passed."""
+    deadline = time.monotonic() + (RETRY_DEADLINE_S if deadline_s is None else deadline_s)
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts or not _transient(exc):
+            _notify(what, exc)
+            out_of_tries = attempts is not None and attempt >= attempts
+            if out_of_tries or not _transient(exc) or time.monotonic() >= deadline:
                 raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("S3 %s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,
-                        attempt, attempts - 1, delay)
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
+            log.warning("S3 %s failed (%s: %s); retry %d in %.2fs", what, type(exc).__name__, exc, attempt, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 class Keys:
@@ -163,6 +186,10 @@ class Keys:
     @staticmethod
     def upload(tenant: str, upload_id: str, name: str) -> str:
         return f"uploads/{tenant}/{upload_id}/{name}"
+
+    @staticmethod
+    def active(tenant: str, job_id: str) -> str:
+        return f"active/{tenant}/{job_id}"
 
     @staticmethod
     def checkpoint(tenant: str, job_id: str, name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from minio.error import S3Error
 
@@ -61,6 +63,27 @@ def test_retries_transient_errors_only():
     with pytest.raises(S3Error):
         with_retries(missing, "test", base_delay=0.001)
     assert calls["n"] == 1
+
+
+def test_retries_stop_at_the_deadline_and_report_every_failure():
+    from deployments import storage
+
+    seen: list[str] = []
+    storage.S3_ERROR_LISTENERS.append(lambda op, exc: seen.append(op))
+    calls = {"n": 0}
+
+    def down():
+        calls["n"] += 1
+        raise ConnectionError("refused")
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            with_retries(down, "put some/key", base_delay=0.01, max_delay=0.05, deadline_s=0.5)
+        assert 0.4 <= time.monotonic() - started < 2.0
+        assert calls["n"] > 3 and seen == ["put"] * calls["n"]
+    finally:
+        storage.S3_ERROR_LISTENERS.clear()
 
 
 def test_jobs_and_api_keys_layout(s3_storage):
