@@ -263,4 +263,10 @@ def create_job(storage: Storage, tenant: str, params: JobParams, image: bytes, a
     storage.put_bytes(inputs["audio"], audio)
     record = new_record(job_id, tenant, params, inputs, extra)
     storage.put_json(Keys.job(tenant, job_id), record)
+    mark_active(storage, tenant, job_id)
     return record
+
+
+def mark_active(storage: Storage, tenant: str, job_id: str) -> None:
+    """Index of unfinished jobs: the JobManager resumes every job marked here when it (re)starts."""
+    storage.put_bytes(Keys.active(tenant, job_id), b"")
