@@ -184,6 +184,12 @@ app.kubernetes.io/component: ray
   value: {{ .Values.serve.weightsPath | quote }}
 - name: SONIC_DTYPE
   value: {{ .Values.serve.dtype | quote }}
+- name: SONIC_RETENTION_DAYS
+  value: {{ .Values.serve.retentionDays | quote }}
+- name: SONIC_WEBHOOK_ALLOW
+  value: {{ .Values.serve.webhookAllow | quote }}
+- name: SONIC_S3_PUBLIC_ENDPOINT
+  value: {{ .Values.s3.publicEndpoint | quote }}
 {{ include "sonic-serve.s3Env" . }}
 - name: SONIC_API_KEYS
   valueFrom:
