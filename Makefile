@@ -10,7 +10,7 @@ SONIC := $(VENV)/bin/sonic-serve
 DEMO_ARGS ?= --min-resolution 192 --steps 4
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-local test lint clean
+.PHONY: install demo demo-local test lint clean loadtest-smoke
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ demo-local: install
 
 test: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# a bounded Locust run (<= 60 s, a few users, tiny weights) against a local stack; prints the stats
+loadtest-smoke: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -x -q -s tests/test_loadtest_smoke.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,10 @@
 """The Serve application: ``import_path: deployments.app:build_app`` (see serve_config.yaml).
 
     Ingress ─► JobManager ─┬─► AudioEncoder ─┐
-                           ├─► ImageEncoder ─┴─► Fusion
-                           ├─► Diffusion  (windows and decode chunks, many replicas)
-                           └─► PostProcess (RIFE, encode, mux, upload)
+       │                   ├─► ImageEncoder ─┴─► Fusion
+       │                   ├─► Diffusion  (windows and decode chunks, many replicas)
+       │                   └─► PostProcess (RIFE, encode, mux, upload)
+       └─► ImageEncoder.preview (face box and crop for the web page)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DEPLOYMENTS = ("AudioEncoder", "ImageEncoder", "Fusion", "Diffusion", "PostProce
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.from_args(args).to_dict()
-    manager = JobManager.bind(config, AudioEncoder.bind(config), ImageEncoder.bind(config), Fusion.bind(config),
+    image = ImageEncoder.bind(config)
+    manager = JobManager.bind(config, AudioEncoder.bind(config), image, Fusion.bind(config),
                               Diffusion.bind(config), PostProcess.bind(config))
-    return Ingress.bind(config, manager)
+    return Ingress.bind(config, manager, image)

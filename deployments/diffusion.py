@@ -6,6 +6,10 @@ that does not hold the job yet fetches it from the object store once and caches 
 windows of the same job on one replica share that single fetch. Per step, only the window's latent slice
 travels. Cached jobs are evicted when the job's denoising ends (the manager lists recently ended jobs in every
 request it sends), when idle for ``CACHE_IDLE_S``, and beyond ``MAX_CACHED_JOBS`` (least recently used).
+
+Tracing: every unit of work takes an optional ``trace`` carrier (``deployments.telemetry.inject()`` in the
+manager) and opens its span under it: ``diffusion.prepare``, ``diffusion.window`` (step, frames, replica),
+``diffusion.decode`` (chunk, replica). Without a carrier the work is the same.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +25,10 @@ from typing import Any
 import torch
 from ray import serve
 
+from deployments import telemetry
 from deployments.common import replica_max_ongoing, replica_name, run_blocking
 from deployments.config import AppConfig, stage_runtime
+from deployments.logs import configure_json_logging, job_context
 from sonic_core.sampler import Schedule, StepState, make_schedule
 from sonic_core.weights import WeightsLayout, scheduler_config
 from stages.payloads import FusedJob, WindowResult, WindowTask
@@ -62,9 +69,11 @@ class Diffusion:
     def __init__(self, config: dict[str, Any]):
         from stages.diffusion import DiffusionStage
 
+        self.replica = replica_name()
+        configure_json_logging(os.environ.get("SONIC_LOG_LEVEL", "INFO"), replica=self.replica)
+        telemetry.setup_tracing()
         self.config = AppConfig(**config)
         runtime = stage_runtime(self.config)
-        self.replica = replica_name()
         self.stage = DiffusionStage(runtime.weights, runtime.device, runtime.dtype, replica=self.replica)
         self.scheduler_config = scheduler_config(WeightsLayout(runtime.weights))
         self._last_used: dict[str, float] = {}
@@ -127,28 +136,39 @@ class Diffusion:
     # -- units of work ------------------------------------------------------------------------------
 
     async def prepare(self, job_id: str, fused_box: list, seed: int, steps: int, noise_strength: float,
-                      guidance_image: float, guidance_audio: float) -> Prepared:
+                      guidance_image: float, guidance_audio: float, trace: dict | None = None) -> Prepared:
         """The job's schedule and initial latents (needs the weights' scheduler config and VAE scale)."""
-        await self._ensure_job(job_id, fused_box)
-        fused: FusedJob = await fused_box[0]
-        schedule = make_schedule(self.scheduler_config, steps, noise_strength, guidance_image, guidance_audio)
-        latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
-        return Prepared(schedule, latents, fused.conditioning.num_frames, self.replica,
-                        replica_max_ongoing(1))
+        with telemetry.attach(trace), job_context(job_id), telemetry.span(
+                "diffusion.prepare", job_id=job_id, steps=steps, replica=self.replica) as span:
+            loaded = await self._ensure_job(job_id, fused_box)
+            fused: FusedJob = await fused_box[0]
+            schedule = make_schedule(self.scheduler_config, steps, noise_strength, guidance_image, guidance_audio)
+            latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
+            span.set_attributes({"frames": fused.conditioning.num_frames, "loaded_conditioning": loaded})
+            return Prepared(schedule, latents, fused.conditioning.num_frames, self.replica,
+                            replica_max_ongoing(1))
 
     async def denoise(self, job_id: str, fused_box: list, step: StepState, frames: list[int],
-                      latents: torch.Tensor, ended: tuple[str, ...] = ()) -> WindowOutcome:
+                      latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None) -> WindowOutcome:
         self._note_ended(ended)
         start = time.perf_counter()
-        loaded = await self._ensure_job(job_id, fused_box)
-        result = await run_blocking(self.stage.denoise_window, WindowTask(job_id, step, frames, latents))
+        with telemetry.attach(trace), job_context(job_id), telemetry.span(
+                "diffusion.window", job_id=job_id, step=step.index, frames=len(frames),
+                first_frame=frames[0] if frames else None, replica=self.replica) as span:
+            loaded = await self._ensure_job(job_id, fused_box)
+            span.set_attribute("loaded_conditioning", loaded)
+            result = await run_blocking(self.stage.denoise_window, WindowTask(job_id, step, frames, latents))
         self._last_used[job_id] = time.monotonic()
         return WindowOutcome(result, loaded, time.perf_counter() - start)
 
-    async def decode(self, latents: torch.Tensor, ended: tuple[str, ...] = ()) -> DecodedChunk:
+    async def decode(self, latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None,
+                     chunk: int | None = None, job_id: str | None = None) -> DecodedChunk:
+        """One decode chunk; ``chunk`` and ``job_id`` only label the span and log lines."""
         self._note_ended(ended)
         start = time.perf_counter()
-        frames = await run_blocking(self.stage.decode_chunk, latents)
+        with telemetry.attach(trace), job_context(job_id), telemetry.span(
+                "diffusion.decode", job_id=job_id, chunk=chunk, frames=int(latents.shape[0]), replica=self.replica):
+            frames = await run_blocking(self.stage.decode_chunk, latents)
         return DecodedChunk(frames, self.replica, time.perf_counter() - start)
 
     async def release(self, job_ids: list[str]) -> list[str]:

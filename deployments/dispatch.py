@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections import deque
@@ -28,7 +29,9 @@ T = TypeVar("T")
 class FairDispatcher:
     def __init__(self, capacity: Callable[[], int]):
         self._capacity = capacity
-        self._queues: dict[str, deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future]]] = {}
+        # per job: (unit, the caller's future, the caller's contextvars, so logs and spans stay the job's own)
+        self._queues: dict[str, deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future,
+                                            contextvars.Context]]] = {}
         self._turns: deque[str] = deque()     # jobs with pending units, in round-robin order
         self._in_flight = 0
         self._in_flight_by_job: dict[str, int] = {}
@@ -50,7 +53,7 @@ class FairDispatcher:
         if queue is None:
             queue = self._queues[job_id] = deque()
             self._turns.append(job_id)
-        queue.append((unit, future))
+        queue.append((unit, future, contextvars.copy_context()))
         self._pump()
         return await future
 
@@ -59,7 +62,7 @@ class FairDispatcher:
         queue = self._queues.pop(job_id, None)
         with contextlib.suppress(ValueError):
             self._turns.remove(job_id)
-        for _, future in queue or ():
+        for _, future, _ in queue or ():
             if not future.done():
                 if reason is None:
                     future.cancel()
@@ -72,7 +75,7 @@ class FairDispatcher:
         while self._in_flight < capacity and self._turns:
             job_id = self._turns.popleft()
             queue = self._queues[job_id]
-            unit, future = queue.popleft()
+            unit, future, context = queue.popleft()
             if queue:
                 self._turns.append(job_id)    # back of the line: one unit per job per turn
             else:
@@ -84,7 +87,7 @@ class FairDispatcher:
             self.dispatched.append(job_id)
             if len(self.dispatched) > 10_000:
                 del self.dispatched[:5_000]
-            asyncio.ensure_future(self._run(job_id, unit, future))
+            asyncio.get_running_loop().create_task(self._run(job_id, unit, future), context=context)
 
     async def _run(self, job_id: str, unit: Callable[[], Awaitable[Any]], future: asyncio.Future) -> None:
         try:

@@ -64,6 +64,36 @@ class ImageEncoder:
                      expand_ratio: float = 0.5, min_resolution: int = 512) -> EncodedImage:
         return await run_blocking(self._encode, image_key, face_bbox, framing, expand_ratio, min_resolution)
 
+    def _preview(self, image: bytes, framing: str, expand_ratio: float, face_bbox: str | None) -> dict[str, Any]:
+        import numpy as np
+
+        from sonic_core.face import NoFaceError, parse_face_bbox, pick_face
+        from stages.media.errors import MediaError
+        from stages.media.framing import frame_portrait
+        from stages.media.image_in import load_image
+
+        loaded = load_image(image)
+        if face_bbox:
+            faces = [parse_face_bbox(face_bbox)]
+        else:
+            faces = self.stage.detector.detect(np.asarray(loaded.image))
+        try:
+            face = pick_face(faces)
+        except NoFaceError:
+            raise MediaError("image", "no face found in the portrait",
+                             "use a frontal, evenly lit portrait, or pass face_bbox") from None
+        framed = frame_portrait(loaded.image, face, framing, expand_ratio)
+        return {"width": loaded.size[0], "height": loaded.size[1],
+                "face_bbox": [round(v, 1) for v in (face.x, face.y, face.w, face.h)],
+                "crop_box": [int(v) for v in framed.box], "faces": len(faces), "framing": framing,
+                "expand_ratio": expand_ratio, "warnings": list(loaded.warnings)}
+
+    async def preview(self, image: bytes, framing: str = "full", expand_ratio: float = 0.5,
+                      face_bbox: str | None = None) -> dict[str, Any]:
+        """Where the face is and which part of the portrait a job with these settings would show (the web
+        page's crop preview). Raises MediaError for unusable images or when no face is found."""
+        return await run_blocking(self._preview, image, framing, expand_ratio, face_bbox)
+
 
 @serve.deployment(name="Fusion", max_ongoing_requests=8, graceful_shutdown_timeout_s=60,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},

@@ -240,7 +240,7 @@ def set_state(record: dict[str, Any], state: str, **fields: Any) -> None:
 
 def public_view(record: dict[str, Any]) -> dict[str, Any]:
     """What an API client sees of a record (S3 keys of inputs and outputs stay server-side)."""
-    hidden = {"inputs"}
+    hidden = {"inputs", "trace", "owner", "checkpoint"}
     view = {k: v for k, v in record.items() if k not in hidden}
     if record.get("output"):
         view["output"] = {k: v for k, v in record["output"].items() if not k.endswith("_key")}

@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections import deque
 from typing import Any
 
 from ray import serve
 
+from deployments import logs, metrics, telemetry
 from deployments.admission import Admission, Limits
 from deployments.checkpoints import drop_checkpoints, load_latents, save_latents
 from deployments.common import error_info, is_lost_worker, replica_name, root_cause
@@ -83,11 +86,15 @@ class JobManager:
             Limits(self.config.tenant_max_running, self.config.tenant_max_queued,
                    self.config.tenant_submits_per_minute),
             max_queued_total=self.config.max_queued_jobs, max_running_total=self.config.max_active_jobs,
-            limits_for=self._tenant_limits)
+            limits_for=lambda tenant: self.tenants.quotas(tenant))
+        self.tenants = TenantSettings(self.storage, self.config)
         self.outbox = make_outbox(self.storage, self.config)
         self._background: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
         self.replica = replica_name()
+        logs.configure_json_logging(os.environ.get("SONIC_LOG_LEVEL", "INFO"), replica=self.replica)
+        telemetry.setup_tracing()
+        metrics.install_s3_error_listener()
         try:
             self.app_name = serve.get_replica_context().app_name
         except Exception:  # noqa: BLE001
@@ -133,9 +140,6 @@ class JobManager:
         resume without waiting for a request."""
         self._started()
 
-    def _tenant_limits(self, tenant: str) -> dict[str, int] | None:
-        return tenant_quotas(self.config, tenant)
-
     # -- records ---------------------------------------------------------------------------------
 
     async def _save(self, record: dict[str, Any]) -> None:
@@ -157,8 +161,11 @@ class JobManager:
     async def _finish(self, record: dict[str, Any], state: str, **fields: Any) -> None:
         """A job ends: write the terminal record, queue its webhook, then drop its resume marker (in this
         order, so a crash in between is repaired by :meth:`_recover`)."""
+        old = record.get("state")
         set_state(record, state, **fields)
         await self._save(record)
+        metrics.job_state_changed(old, state)
+        logs.log_generation(log, record)
         await self._ended_cleanup(record)
 
     async def _ended_cleanup(self, record: dict[str, Any]) -> None:
@@ -177,6 +184,8 @@ class JobManager:
         """May ``tenant`` submit a job now? ``{"ok": True, "ticket"}`` or a refusal (status 429/503,
         ``retry_after_s``). Called by the ingress before it stores the inputs."""
         self._started()
+        with contextlib.suppress(Exception):   # S3 away: decide on the cached quotas
+            await asyncio.to_thread(self.tenants.refresh, tenant)
         return self.admission.admit(tenant).to_dict()
 
     async def submit(self, tenant: str, job_id: str, ticket: str | None = None) -> dict[str, Any]:
@@ -191,8 +200,10 @@ class JobManager:
         if record["state"] in TERMINAL:
             return {"id": job_id, "accepted": False, "reason": f"job is {record['state']}"}
         record["owner"] = self.replica
+        telemetry.job_trace(record)
         await self._save(record)
         self.admission.enqueue(tenant, job_id, ticket)
+        metrics.job_state_changed(None, QUEUED)
         self._start_next()
         return {"id": job_id, "accepted": True}
 
@@ -238,6 +249,12 @@ class JobManager:
                           "in_flight": self.dispatcher.in_flight, "pending": self.dispatcher.pending()},
         }
 
+    async def finished_spans(self, job_id: str) -> list[dict[str, Any]]:
+        """This replica's ended spans of one job's trace (``OTEL_TRACES_EXPORTER=memory`` only; for tests)."""
+        spans = telemetry.finished_spans()
+        traces = {s["trace_id"] for s in spans if s["attributes"].get("job_id") == job_id}
+        return [s for s in spans if s["trace_id"] in traces]
+
     async def dispatch_order(self) -> list[str]:
         return list(self.dispatcher.dispatched)
 
@@ -248,10 +265,11 @@ class JobManager:
         return True
 
     async def metrics_text(self) -> str:
-        from deployments import metrics
-
-        metrics.set_queue_depth(self.admission.queued_total())
-        return metrics.render().decode()
+        queued = self.admission.queued_total()
+        metrics.set_queue_depth(queued)
+        metrics.set_jobs({"queued": queued, "running": len(self.tasks)})
+        metrics.dispatch_state(self.dispatcher.in_flight, self.dispatcher.pending())
+        return metrics.render(jobs=True).decode()
 
     # -- scheduling and recovery ---------------------------------------------------------------------
 
@@ -320,8 +338,15 @@ class JobManager:
     async def _run_guarded(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
         job_id = record["id"]
         self.records[job_id] = record
+        with logs.job_context(job_id, record["tenant"]):
+            return await self._run_traced(record, capture)
+
+    async def _run_traced(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
+        job_id = record["id"]
         try:
-            return await self._run(record, capture)
+            with telemetry.attach(record.get("trace")), telemetry.span(
+                    "job", job_id=job_id, tenant=record["tenant"], attempt=int(record.get("attempts", 0)) + 1):
+                return await self._run(record, capture)
         except (asyncio.CancelledError, JobCancelled):
             self.dispatcher.cancel_job(job_id)
             if job_id not in self.cancelling:
@@ -361,48 +386,77 @@ class JobManager:
         raise AssertionError("unreachable")
 
     async def _run(self, record: dict[str, Any], capture: bool) -> dict[str, Any]:
-        job_id, tenant = record["id"], record["tenant"]
+        job_id = record["id"]
         params = JobParams(**record["params"])
         settings = params.settings()
         timer = LapTimer()
         lap, timings = timer.lap, timer.timings
 
         resumed = record["state"] == RUNNING or bool(record.get("checkpoint"))
+        old_state = record["state"]
         set_state(record, RUNNING, started_at=record.get("started_at") or now(), error=None, timings_s=timings,
                   placement={"windows": [], "decode": [], "conditioning_loads": {}},
                   attempts=int(record.get("attempts", 0)) + 1, owner=self.replica)
         if resumed:
             record["history"][-1]["resumed"] = True
+        metrics.job_state_changed(old_state, RUNNING)
+        telemetry.set_attributes(steps=settings.steps, resolution=settings.min_resolution, resumed=resumed)
         await self._stage(record, "encode")
 
-        # 1. audio and image encode, concurrently; payloads stay in the object store.
+        facts, fused_ref = await self._encode_and_fuse(record, params, settings, lap)
+        telemetry.set_attributes(frames=facts["num_frames"])
+        with telemetry.span("denoise", job_id=job_id, steps=settings.steps):
+            latents = await self._denoise(record, settings, fused_ref)
+        del fused_ref
+        lap("denoise")
+        post = await self._decode_and_postprocess(record, params, settings, facts, latents, capture, lap)
+        record["timings_s"] = timings
+        record["stage"] = "done"
+        record["progress"] = {"stage": "done", "done": 1, "total": 1, "fraction": 1.0}
+        metrics.observe_timings(timings)
+        metrics.video_done(float(post["output"].get("duration_s") or 0.0))
+        await self._finish(record, SUCCEEDED, output=post["output"], finished_at=now())
+        result: dict[str, Any] = {"record": record}
+        if capture:
+            result["frames"] = post["frames"]
+        return result
+
+    async def _encode_and_fuse(self, record: dict[str, Any], params: JobParams, settings, lap):
+        """Stages 1-2: audio and image encode concurrently, then fusion. Payloads stay in the object store;
+        returns the facts for the record and the fused conditioning's ObjectRef."""
         face = parse_face_bbox(params.face_bbox) if params.face_bbox else None
-        audio_resp = self.audio.encode.remote(record["inputs"]["audio"], params.duration_s)
-        image_resp = self.image.encode.remote(record["inputs"]["image"], face, params.framing, params.expand_ratio,
-                                              settings.min_resolution)
-        audio_ref, image_ref = await asyncio.gather(audio_resp._to_object_ref(), image_resp._to_object_ref())
-        await asyncio.gather(self.watcher.wait(audio_ref), self.watcher.wait(image_ref))
+        with telemetry.span("encode", job_id=record["id"]):
+            audio_resp = self.audio.encode.remote(record["inputs"]["audio"], params.duration_s)
+            image_resp = self.image.encode.remote(record["inputs"]["image"], face, params.framing,
+                                                  params.expand_ratio, settings.min_resolution)
+            audio_ref, image_ref = await asyncio.gather(audio_resp._to_object_ref(), image_resp._to_object_ref())
+            await asyncio.gather(self.watcher.wait(audio_ref), self.watcher.wait(image_ref))
         lap("encode")
 
-        # 2. fusion; describe() surfaces encode errors and gives the record its facts.
+        # describe() surfaces encode errors and gives the record its facts.
         await self._stage(record, "fusion")
-        facts = await self.fusion.describe.remote(audio_ref, image_ref)
-        record["warnings"] = facts["warnings"]
-        record["video"] = {"size": facts["size"], "face_bbox": facts["face_bbox"], "crop_box": facts["crop_box"],
-                           "frames_generated": facts["num_frames"]}
-        fused_ref = await self.fusion.fuse.remote(
-            audio_ref, image_ref, settings.dynamic_scale, settings.motion_scale, settings.temporal_smoothing,
-        )._to_object_ref()
-        await self.watcher.wait(fused_ref)
-        del audio_ref, image_ref
+        with telemetry.span("fusion", job_id=record["id"]):
+            facts = await self.fusion.describe.remote(audio_ref, image_ref)
+            record["warnings"] = facts["warnings"]
+            record["video"] = {"size": facts["size"], "face_bbox": facts["face_bbox"],
+                               "crop_box": facts["crop_box"], "frames_generated": facts["num_frames"]}
+            fused_ref = await self.fusion.fuse.remote(
+                audio_ref, image_ref, settings.dynamic_scale, settings.motion_scale, settings.temporal_smoothing,
+            )._to_object_ref()
+            await self.watcher.wait(fused_ref)
         lap("fusion")
+        return facts, fused_ref
 
-        # 3. denoising: every step's windows in parallel, merged in plan order.
+    async def _denoise(self, record: dict[str, Any], settings, fused_ref):
+        """Stage 3: every step's windows in parallel on Diffusion replicas, merged in plan order; resumes
+        from the record's checkpoint and writes one every ``checkpoint_every`` steps. Returns the latents."""
+        job_id, tenant = record["id"], record["tenant"]
         fused_box = [fused_ref]
+        carrier = telemetry.inject()
         prepared = await self.dispatcher.submit(job_id, lambda: self._with_retries(
             f"{job_id} prepare", lambda: self.diffusion.prepare.remote(
                 job_id, fused_box, settings.seed, settings.steps, settings.noise_strength,
-                settings.guidance_image, settings.guidance_audio)))
+                settings.guidance_image, settings.guidance_audio, trace=carrier)))
         self.diffusion_max_ongoing = prepared.max_ongoing_requests
         self.dispatcher.poke()
         schedule, latents, frames_total = prepared.schedule, prepared.latents, prepared.num_frames
@@ -416,18 +470,19 @@ class JobManager:
             first_step, latents = restored
             log.info("job %s resumes denoising at step %d/%d from its checkpoint", job_id, first_step, total_steps)
         await self._stage(record, "denoise", first_step, total_steps)
-        for n, step in enumerate(schedule.steps):
-            if n < first_step:
-                continue
+        for n, step in enumerate(schedule.steps[first_step:], start=first_step):
             windows = plan_windows(frames_total, step.index)
+            with telemetry.span("denoise.step", job_id=job_id, step=n, window_count=len(windows)):
+                step_trace = telemetry.inject()
 
-            def window_unit(frames: list[int], step=step, latents=latents):
-                slice_ = latents[:, frames]
-                return lambda: self._with_retries(
-                    f"{job_id} window", lambda: self.diffusion.denoise.remote(
-                        job_id, fused_box, step, frames, slice_, tuple(self.ended)))
+                def window_unit(frames: list[int], step=step, latents=latents, carrier=step_trace):
+                    slice_ = latents[:, frames]
+                    return lambda: self._with_retries(
+                        f"{job_id} window", lambda: self.diffusion.denoise.remote(
+                            job_id, fused_box, step, frames, slice_, tuple(self.ended), trace=carrier))
 
-            outcomes = await asyncio.gather(*(self.dispatcher.submit(job_id, window_unit(w)) for w in windows))
+                outcomes = await asyncio.gather(*(self.dispatcher.submit(job_id, window_unit(w)) for w in windows))
+            metrics.windows_done(len(outcomes), sum(o.seconds for o in outcomes))
             latents = merge_windows(frames_total, windows, [o.result.latents for o in outcomes])
             for index, (frames, outcome) in enumerate(zip(windows, outcomes, strict=True)):
                 replica = outcome.result.replica
@@ -442,20 +497,23 @@ class JobManager:
                                                                latents)
             await self._stage(record, "denoise", n + 1, total_steps)
         # The conditioning is no longer needed: every later Diffusion request announces it, so replicas
-        # evict it; the manager drops its reference, so the object store frees the FusedJob.
+        # evict it; the caller drops the last reference, so the object store frees the FusedJob.
         self.ended.append(job_id)
-        fused_box[0] = fused_ref = None
-        lap("denoise")
+        fused_box[0] = None
+        return latents
 
-        # 4 + 5. decode chunks in parallel (frames go from Diffusion to PostProcess through the object store),
-        # then RIFE, encode, mux and upload. The frames are never fetched here, so a chunk lost with its
-        # replica only shows in PostProcess: then both phases run again from the latents still held here.
+    async def _decode_and_postprocess(self, record: dict[str, Any], params: JobParams, settings, facts: dict,
+                                      latents, capture: bool, lap) -> dict[str, Any]:
+        """Stages 4-5: decode chunks in parallel (frames go from Diffusion to PostProcess through the object
+        store), then RIFE, encode, mux and upload. The frames are never fetched here, so a chunk lost with its
+        replica only shows in PostProcess: then both phases run again from the latents still held here."""
+        job_id = record["id"]
         job_info = {
-            "tenant": tenant, "id": job_id, "audio_key": record["inputs"]["audio"],
+            "tenant": record["tenant"], "id": job_id, "audio_key": record["inputs"]["audio"],
             "duration_s": params.duration_s, "size": facts["size"], "framed_size": facts["framed_size"],
             "face_xywh": facts["face_xywh"], "lip_sync": params.lip_sync,
             "keep_resolution": params.keep_resolution, "interpolate": settings.interpolate, "crf": params.crf,
-            "warnings": facts["warnings"], "timings_s": timings,
+            "warnings": facts["warnings"], "timings_s": record["timings_s"],
             "parameters": {**settings.__dict__, "framing": params.framing, "expand_ratio": params.expand_ratio,
                            "face_bbox": facts["face_bbox"]},
         }
@@ -465,7 +523,8 @@ class JobManager:
                 chunk_refs = await self._decode(record, latents)
                 lap("decode")
                 await self._stage(record, "postprocess")
-                post = await self.post.run.remote(job_info, list(chunk_refs), capture)
+                with telemetry.span("postprocess", job_id=job_id):
+                    post = await self.post.run.remote(job_info, list(chunk_refs), capture, trace=telemetry.inject())
                 break
             except Exception as exc:
                 if attempt == attempts or not is_lost_worker(root_cause(exc)):
@@ -474,18 +533,11 @@ class JobManager:
                             type(root_cause(exc)).__name__)
             finally:
                 chunk_refs = None
-        latents = None
+        metrics.gpu_time("decode", sum(post.get("decode_seconds", [])))
         record["placement"]["decode"] = [{"chunk": i, "replica": r} for i, r in enumerate(post["decode_replicas"])]
         record["placement"]["postprocess"] = post["replica"]
         lap("postprocess")
-        record["timings_s"] = timings
-        record["stage"] = "done"
-        record["progress"] = {"stage": "done", "done": 1, "total": 1, "fraction": 1.0}
-        await self._finish(record, SUCCEEDED, output=post["output"], finished_at=now())
-        result: dict[str, Any] = {"record": record}
-        if capture:
-            result["frames"] = post["frames"]
-        return result
+        return post
 
     async def _decode(self, record: dict[str, Any], latents) -> list:
         """Dispatch every decode chunk; ObjectRefs of the frames, in order, once all are computed."""
@@ -494,13 +546,17 @@ class JobManager:
         await self._stage(record, "decode", 0, len(chunks))
         done = 0
 
-        async def decode_unit(start: int, stop: int):
+        async def decode_unit(index: int, start: int, stop: int, carrier: dict[str, str]):
             nonlocal done
             chunk_latents = latents[0, start:stop].clone()  # a view would pickle the whole tensor
 
             async def attempt():
-                ref = await self.diffusion.decode.remote(chunk_latents, tuple(self.ended))._to_object_ref()
-                await self.watcher.wait(ref)
+                with telemetry.attach(carrier), telemetry.span("decode.chunk", job_id=job_id, chunk=index,
+                                                               frames=stop - start):
+                    ref = await self.diffusion.decode.remote(chunk_latents, tuple(self.ended),
+                                                             trace=telemetry.inject(), chunk=index,
+                                                             job_id=job_id)._to_object_ref()
+                    await self.watcher.wait(ref)
                 return ref
 
             ref = await self._with_retries(f"{job_id} decode", attempt)
@@ -508,8 +564,11 @@ class JobManager:
             await self._stage(record, "decode", done, len(chunks))
             return ref
 
-        return list(await asyncio.gather(*(
-            self.dispatcher.submit(job_id, lambda c=c: decode_unit(c.start, c.stop)) for c in chunks)))
+        with telemetry.span("decode", job_id=job_id, chunks=len(chunks)):
+            carrier = telemetry.inject()
+            return list(await asyncio.gather(*(
+                self.dispatcher.submit(job_id, lambda i=i, c=c: decode_unit(i, c.start, c.stop, carrier))
+                for i, c in enumerate(chunks))))
 
     async def __del__(self):
         """On scale-down or redeploy, let running jobs finish (bounded by graceful_shutdown_timeout_s)."""
@@ -526,27 +585,49 @@ def make_outbox(storage, config: AppConfig):
     """The webhook outbox the manager feeds and drains (pending deliveries live in S3)."""
     from deployments.webhooks import WebhookOutbox, tenant_webhook_secret
 
+    tenants = TenantSettings(storage, config)
+
     def secret_for(tenant: str) -> str:
-        override = (tenant_entry(config, tenant) or {}).get("webhook_secret")
-        return override or tenant_webhook_secret(tenant)
+        entry = tenants.entry(tenant)
+        return (entry.webhook_secret if entry is not None else None) or tenant_webhook_secret(tenant)
 
     return WebhookOutbox(storage, secret_for, allow=config.webhook_allow)
 
 
-def tenant_entry(config: AppConfig, tenant: str) -> dict[str, Any] | None:
-    """The tenant's entry of the API keys file (quotas, webhook secret), if there is one."""
-    if not config.api_keys_file:
-        return None
-    from deployments.auth import load_tenants
+class TenantSettings:
+    """Tenants' quotas and webhook secrets: AppConfig defaults, then the S3 tenant record's ``quotas``, then the
+    API keys file / ``SONIC_API_KEYS`` entry (see docs/api.md) — the same order ``GET /v1/tenant`` shows.
+    The file is re-read at most every ``reload_s``; S3 records are refreshed by :meth:`refresh`."""
 
-    entry = load_tenants(config.api_keys_file).get(tenant)
-    if entry is None:
-        return None
-    return entry if isinstance(entry, dict) else dict(vars(entry))
+    def __init__(self, storage, config: AppConfig, reload_s: float = 10.0, record_ttl_s: float = 60.0):
+        self.storage, self.config = storage, config
+        self.reload_s, self.record_ttl_s = reload_s, record_ttl_s
+        self._entries: dict[str, Any] = {}
+        self._entries_at = -1e9
+        self._records: dict[str, tuple[float, dict | None]] = {}
 
+    def entry(self, tenant: str):
+        from deployments.auth import configured_tenants
 
-def tenant_quotas(config: AppConfig, tenant: str) -> dict[str, int] | None:
-    return (tenant_entry(config, tenant) or {}).get("quotas") or None
+        if time.monotonic() - self._entries_at > self.reload_s:
+            try:
+                self._entries = configured_tenants(self.config.api_keys_file or None)
+            except (OSError, ValueError):
+                log.exception("cannot read the tenants configuration; keeping the previous one")
+            self._entries_at = time.monotonic()
+        return self._entries.get(tenant)
+
+    def refresh(self, tenant: str) -> None:
+        """Re-read the tenant's S3 record if the cached one is stale (blocking: run it in a thread)."""
+        cached = self._records.get(tenant)
+        if cached is None or time.monotonic() - cached[0] > self.record_ttl_s:
+            self._records[tenant] = (time.monotonic(), self.storage.get_json(Keys.tenant(tenant)))
+
+    def quotas(self, tenant: str) -> dict[str, int]:
+        from deployments.auth import config_quota_defaults, effective_quotas
+
+        stored = self._records.get(tenant, (0.0, None))[1]
+        return effective_quotas(config_quota_defaults(self.config), stored, self.entry(tenant))
 
 
 __all__ = ["JobManager", "QUEUED", "overall_fraction"]

@@ -3,6 +3,7 @@
 Any S3 server works (MinIO, SeaweedFS, Ceph RGW, AWS). One bucket holds everything, under fixed prefixes::
 
     uploads/{tenant}/{upload_id}/{image|audio}           presigned-PUT uploads (POST /v1/uploads)
+    uploads/{tenant}/{upload_id}/upload.json             the upload's record (expires_at, file names)
     inputs/{tenant}/{job_id}/image.{ext}, audio.{ext}   a job's portrait and speech
     outputs/{tenant}/{job_id}/video.mp4, poster.jpg, metadata.json
     jobs/{tenant}/{job_id}.json                          job records (the source of truth for job state)
@@ -16,7 +17,8 @@ Any S3 server works (MinIO, SeaweedFS, Ceph RGW, AWS). One bucket holds everythi
     apikeys/{sha256 of key}.json                         API keys, hashed at rest
     models/{name}/...                                    model weights (``sonic-serve weights push``)
 
-Tensors never go through S3: they travel between stages in the Ray object store.
+Tensors never go through S3: they travel between stages in the Ray object store. Retention is left to S3
+lifecycle rules (:meth:`Storage.apply_retention`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -49,6 +51,7 @@ ENV_REGION = "SONIC_S3_REGION"
 ENV_BUCKET = "SONIC_S3_BUCKET"
 DEFAULT_ENDPOINT = "127.0.0.1:9000"
 DEFAULT_BUCKET = "sonic"
+DEFAULT_REGION = "us-east-1"
 
 # S3 error codes worth another try; anything else (NoSuchKey, AccessDenied, ...) is final.
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
@@ -154,7 +157,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None, ba
         try:
             return fn()
         except Exception as exc:
-            _notify(what, exc)
+            if not is_missing(exc):    # "no such key" is an answer, not an error
+                _notify(what, exc)
             out_of_tries = attempts is not None and attempt >= attempts
             if out_of_tries or not _transient(exc) or time.monotonic() >= deadline:
                 raise
@@ -188,6 +192,10 @@ class Keys:
         return f"uploads/{tenant}/{upload_id}/{name}"
 
     @staticmethod
+    def uploads(tenant: str) -> str:
+        return f"uploads/{tenant}/"
+
+    @staticmethod
     def active(tenant: str, job_id: str) -> str:
         return f"active/{tenant}/{job_id}"
 
@@ -202,6 +210,10 @@ class Keys:
     @staticmethod
     def batch(tenant: str, batch_id: str) -> str:
         return f"batches/{tenant}/{batch_id}.json"
+
+    @staticmethod
+    def batches(tenant: str) -> str:
+        return f"batches/{tenant}/"
 
     @staticmethod
     def webhook_pending(event_id: str) -> str:
@@ -236,6 +248,8 @@ class Storage:
 
     Calls block: from async code, run them with ``asyncio.to_thread``.
     """
+
+    _retention_warned = False   # one warning per process when the backend refuses lifecycle rules
 
     def __init__(self, settings: S3Settings, bucket: str = DEFAULT_BUCKET, client: Minio | None = None):
         self.settings = settings
@@ -339,15 +353,52 @@ class Storage:
     def delete(self, key: str) -> None:
         with_retries(lambda: self.client.remove_object(self.bucket, key), f"delete {key}")
 
-    def presigned_get(self, key: str, expires_s: int = 3600) -> str:
+    def presigned_get(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str:
+        """A GET URL; ``filename`` makes browsers save the object under that name."""
         from datetime import timedelta
 
-        return self.client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+        extra = {"response-content-disposition": f'attachment; filename="{filename}"'} if filename else None
+        return self.client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s),
+                                                response_headers=extra)
 
     def presigned_put(self, key: str, expires_s: int = 3600) -> str:
         from datetime import timedelta
 
         return self.client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def presigner(self, public_endpoint: str = "") -> Storage:
+        """A Storage whose client only signs URLs handed to clients: on ``public_endpoint`` (``scheme://host:port``
+        as clients reach S3; empty: this endpoint) and with the region fixed, so signing makes no network call."""
+        settings = self.settings
+        if public_endpoint:
+            host, secure = parse_endpoint(public_endpoint)
+            settings = replace(settings, endpoint=host, secure=secure)
+        settings = replace(settings, region=settings.region or DEFAULT_REGION)
+        return Storage(settings, self.bucket, settings.client(retries=False))
+
+    def apply_retention(self, days_by_prefix: dict[str, int]) -> bool:
+        """Expire objects under each prefix after N days (S3 lifecycle rules; 0 days: no rule). Backends
+        without lifecycle support get one warning and keep everything."""
+        from minio.commonconfig import ENABLED, Filter
+        from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+
+        rules = [Rule(ENABLED, rule_filter=Filter(prefix=prefix), rule_id="expire-" + prefix.strip("/"),
+                      expiration=Expiration(days=days))
+                 for prefix, days in sorted(days_by_prefix.items()) if days > 0]
+        try:
+            if rules:
+                with_retries(lambda: self.client.set_bucket_lifecycle(self.bucket, LifecycleConfig(rules)),
+                             f"lifecycle {self.bucket}", deadline_s=10)
+            else:
+                with_retries(lambda: self.client.delete_bucket_lifecycle(self.bucket), f"lifecycle {self.bucket}",
+                             deadline_s=10)
+            return True
+        except Exception as exc:  # noqa: BLE001 - retention is best effort: warn once, keep serving
+            if not Storage._retention_warned:
+                Storage._retention_warned = True
+                log.warning("S3 bucket %s: lifecycle rules not applied (%s: %s); objects are kept until deleted",
+                            self.bucket, type(exc).__name__, exc)
+            return False
 
     def ping(self) -> bool:
         try:

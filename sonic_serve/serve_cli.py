@@ -143,7 +143,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for path in (image, audio):
         if not path.is_file():
             raise SystemExit(f"sonic-serve: error: no file {path}")
-    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60, connect=10)) as client:
+    # /result answers 302 to a presigned S3 URL; httpx drops the API key when the redirect leaves the host
+    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60, connect=10),
+                      follow_redirects=True) as client:
         try:
             with image.open("rb") as img, audio.open("rb") as snd:
                 response = client.post("/v1/jobs", data=params,

@@ -67,6 +67,8 @@ def serve_stack(s3_server):
     from tests.helpers import tiny_weights
 
     home = Path(tempfile.mkdtemp(prefix="sonic-home-"))
+    # every replica keeps its spans in memory, so tests can read one job's trace back
+    os.environ.setdefault("OTEL_TRACES_EXPORTER", "memory")
     stack = LocalStack(home=home, weights=str(tiny_weights()), num_cpus=4, http_port=free_port(),
                        s3_settings=s3_server, bucket="sonic-test", dtype="fp32",
                        replicas={"Diffusion": 2, "AudioEncoder": 1, "ImageEncoder": 1, "Fusion": 1,

@@ -623,8 +623,10 @@ def test_otel_settings_reach_the_head_and_every_worker_group():
     for group, tmpl in templates.items():
         env = env_of(tmpl["spec"]["containers"][0])
         values = {k: env[k]["value"] for k in env if k.startswith(("OTEL_", "RAY_SERVE_TRACING"))}
+        assert values.pop("RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH") == "deployments.telemetry:serve_span_processors"
         assert values == {
             "OTEL_SDK_DISABLED": "false",
+            "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4317",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_SERVICE_NAME": "sonic-serve",
@@ -635,7 +637,7 @@ def test_otel_settings_reach_the_head_and_every_worker_group():
         }, group
     for tmpl in ray_pod_templates(one(render(), "RayService")).values():
         env = env_of(tmpl["spec"]["containers"][0])
-        assert env["OTEL_SDK_DISABLED"]["value"] == "true"
+        assert env["OTEL_SDK_DISABLED"]["value"] == "true" and env["OTEL_TRACES_EXPORTER"]["value"] == "none"
         assert env["RAY_SERVE_TRACING_SAMPLING_RATIO"]["value"] == "0"
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
 

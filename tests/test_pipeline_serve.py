@@ -117,7 +117,8 @@ def test_healthz_and_auth(serve_stack):
         assert client.get("/v1/jobs/jnope").status_code == 404
         rejected = client.post("/v1/jobs", files={"image": ("a.png", b"x"), "audio": ("a.wav", b"y")},
                                data={"steps": "0"})
-        assert rejected.status_code == 422 and rejected.json()["detail"]["field"] == "steps"
+        assert rejected.status_code == 422 and rejected.json()["errors"][0]["field"] == "steps"
+        assert rejected.headers["content-type"].startswith("application/problem+json")
     stored = serve_stack.storage().list("apikeys/")
     assert stored and all(serve_stack.api_key not in o.key for o in stored)   # hashed at rest
 
@@ -130,7 +131,8 @@ def test_end_to_end_over_http(serve_stack, tmp_path):
         assert record["state"] == "succeeded", record["error"]
         assert record["stage"] == "done" and record["progress"]["fraction"] == 1.0
         assert record["_seen_denoise_steps"] and max(record["_seen_denoise_steps"]) <= 2
-        response = client.get(f"/v1/jobs/{job['id']}/result")
+        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 302
+        response = client.get(f"/v1/jobs/{job['id']}/result", follow_redirects=True)
         assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
     video = tmp_path / "out.mp4"
     video.write_bytes(response.content)
@@ -145,15 +147,30 @@ def test_end_to_end_over_http(serve_stack, tmp_path):
     assert set(stored["timings_s"]) == {"encode", "fusion", "denoise", "decode", "postprocess"}
 
 
-def test_bad_input_fails_the_job_with_the_field(serve_stack):
+def test_bad_input_is_refused_at_submission_with_the_field(serve_stack):
     with _client(serve_stack) as client:
         files = {"image": ("portrait.png", astronaut_png().read_bytes(), "image/png"),
                  "audio": ("speech.wav", astronaut_png().read_bytes(), "audio/wav")}   # a PNG as audio
-        job = client.post("/v1/jobs", files=files, data=BASE).json()
-        record = _wait(client, job["id"], 120)
-        assert record["state"] == "failed"
-        assert record["error"]["field"] == "audio" and "PNG" in record["error"]["message"]
-        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 410
+        before = len(serve_stack.storage().list("jobs/local/"))
+        refused = client.post("/v1/jobs", files=files, data=BASE)
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert problem["errors"][0]["field"] == "audio" and "PNG" in problem["errors"][0]["message"]
+        assert len(serve_stack.storage().list("jobs/local/")) == before          # nothing was stored
+
+
+def test_a_job_failing_in_the_pipeline_records_the_field(serve_stack):
+    """Media that passes the submission checks but fails a stage: the job fails with the stage's field."""
+    params = JobParams.from_dict({**BASE, "duration_s": 0.01})
+    record = create_job(serve_stack.storage(), "local", params, astronaut_png().read_bytes(),
+                        speech_wav(SECONDS).read_bytes(), "portrait.png", "speech.wav")
+    from ray import serve
+
+    result = serve.get_deployment_handle("JobManager", "sonic").run.remote("local", record["id"]).result(
+        timeout_s=300)["record"]
+    assert result["state"] == "failed" and result["error"]["field"], result["error"]
+    with _client(serve_stack) as client:
+        assert client.get(f"/v1/jobs/{record['id']}/result").status_code == 409
 
 
 def test_distributed_frames_equal_single_process(serve_stack):

@@ -150,6 +150,10 @@ app.kubernetes.io/component: ray
 {{- if $t.enabled -}}
 - name: OTEL_SDK_DISABLED
   value: "false"
+- name: OTEL_TRACES_EXPORTER
+  value: "otlp"
+- name: RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH
+  value: "deployments.telemetry:serve_span_processors"
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ required "tracing.endpoint is required when tracing.enabled" $t.endpoint | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
@@ -165,6 +169,8 @@ app.kubernetes.io/component: ray
 {{- else -}}
 - name: OTEL_SDK_DISABLED
   value: "true"
+- name: OTEL_TRACES_EXPORTER
+  value: "none"
 - name: OTEL_SERVICE_NAME
   value: {{ $t.serviceName | quote }}
 - name: OTEL_TRACES_SAMPLER
