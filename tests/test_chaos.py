@@ -148,8 +148,13 @@ def test_job_manager_killed_mid_job_resumes_from_its_checkpoint_once(serve_stack
     assert record["attempts"] == 2 and record["history"][-2].get("resumed") is True
     steps_rerun = {w["step"] for w in record["placement"]["windows"]}
     assert min(steps_rerun) >= checkpoint["steps_done"], (steps_rerun, checkpoint)    # not from scratch
-    assert not serve_stack.storage().list(Keys.checkpoint(TENANT, job_id, ""))
-    assert not serve_stack.storage().exists(Keys.active(TENANT, job_id))
+    # the terminal record is written first, then the webhook queued, then marker and checkpoints dropped
+    storage, deadline = serve_stack.storage(), time.monotonic() + 60
+    while (storage.exists(Keys.active(TENANT, job_id)) or storage.list(Keys.checkpoint(TENANT, job_id, ""))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not storage.list(Keys.checkpoint(TENANT, job_id, ""))
+    assert not storage.exists(Keys.active(TENANT, job_id))
     deadline = time.monotonic() + 60
     while not receiver.of(job_id) and time.monotonic() < deadline:
         time.sleep(0.2)
