@@ -127,6 +127,7 @@ class JobParams:
         check(self.framing in ("full", "crop", "vertical"), "framing", "must be full, crop or vertical")
         check(0 <= self.expand_ratio <= 2, "expand_ratio", "must be in 0-2")
         check(0 <= self.crf <= 51, "crf", "must be 0-51")
+        check(self.duration_s is None or 0.2 <= self.duration_s <= 1800, "duration_s", "must be 0.2-1800 seconds")
         check(self.fps is None or self.fps in (12.5, 25.0), "fps", "must be 25 or 12.5")
         check(self.fps is None or self.interpolate is None or self.interpolate == (self.fps == 25.0), "fps",
               "contradicts `interpolate` (25 fps is interpolated, 12.5 fps is not); send one of them")
@@ -134,8 +135,11 @@ class JobParams:
             check(len(self.webhook_url) <= 2048 and self.webhook_url.lower().startswith(("http://", "https://")),
                   "webhook_url", "must be an http:// or https:// URL of at most 2048 characters")
         if self.metadata is not None:
-            check(len(json.dumps(self.metadata)) <= MAX_METADATA_BYTES, "metadata",
-                  f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+            try:
+                encoded = json.dumps(self.metadata, ensure_ascii=False).encode("utf-8")
+            except (UnicodeEncodeError, RecursionError, ValueError):
+                raise ParamError("metadata", "must be valid Unicode JSON of limited depth") from None
+            check(len(encoded) <= MAX_METADATA_BYTES, "metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
         if self.face_bbox:
             try:
                 parse_face_bbox(self.face_bbox)
@@ -188,6 +192,8 @@ def _json_object(name: str, value: Any) -> dict:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise ParamError(name, "must be a JSON object") from None
+        except RecursionError:
+            raise ParamError(name, "is nested too deeply") from None
     if not isinstance(value, dict):
         raise ParamError(name, "must be a JSON object")
     return value

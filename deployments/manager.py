@@ -437,7 +437,7 @@ class JobManager:
         await self._stage(record, "fusion")
         with telemetry.span("fusion", job_id=record["id"]):
             facts = await self.fusion.describe.remote(audio_ref, image_ref)
-            record["warnings"] = facts["warnings"]
+            record["warnings"] = list(dict.fromkeys([*record.get("warnings", []), *facts["warnings"]]))
             record["video"] = {"size": facts["size"], "face_bbox": facts["face_bbox"],
                                "crop_box": facts["crop_box"], "frames_generated": facts["num_frames"]}
             fused_ref = await self.fusion.fuse.remote(

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from sonic_core.conditioning import encode_image
-from sonic_core.face import FaceBox, make_face_detector, pick_face
+from sonic_core.face import FaceBox, NoFaceError, make_face_detector, pick_face
 from sonic_core.image import prepare_image
 from sonic_core.weights import WeightsLayout, load_image_encoder, load_vae
+from stages.media.errors import MediaError
 from stages.media.framing import frame_portrait
 from stages.payloads import EncodedImage
 
@@ -24,7 +25,11 @@ class ImageEncodeStage:
         self.vae = load_vae(layout, device, dtype)
 
     def detect(self, image: Image.Image) -> FaceBox:
-        return pick_face(self.detector.detect(np.asarray(image.convert("RGB"))))
+        try:
+            return pick_face(self.detector.detect(np.asarray(image.convert("RGB"))))
+        except NoFaceError:
+            raise MediaError("image", "no face found in the image",
+                             "use a frontal, evenly lit portrait, or pass face_bbox as x,y,w,h") from None
 
     def __call__(self, image: Image.Image, *, face_bbox: FaceBox | None = None, framing: str = "full",
                  expand_ratio: float = 0.5, min_resolution: int = 512,

@@ -160,10 +160,12 @@ def test_bad_input_is_refused_at_submission_with_the_field(serve_stack):
 
 
 def test_a_job_failing_in_the_pipeline_records_the_field(serve_stack):
-    """Media that passes the submission checks but fails a stage: the job fails with the stage's field."""
-    params = JobParams.from_dict({**BASE, "duration_s": 0.01})
-    record = create_job(serve_stack.storage(), "local", params, astronaut_png().read_bytes(),
+    """Input that fails in a stage (here the stored speech was damaged after submission): the job fails with the
+    stage's field."""
+    storage = serve_stack.storage()
+    record = create_job(storage, "local", JobParams.from_dict(BASE), astronaut_png().read_bytes(),
                         speech_wav(SECONDS).read_bytes(), "portrait.png", "speech.wav")
+    storage.put_bytes(record["inputs"]["audio"], b"RIFF\x00\x00\x00\x00WAVEjunk")
     from ray import serve
 
     result = serve.get_deployment_handle("JobManager", "sonic").run.remote("local", record["id"]).result(

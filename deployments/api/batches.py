@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from deployments.jobs import ParamError, now
+from deployments.jobs import JobParams, ParamError, now
 from deployments.storage import Keys
 from stages.media.errors import MediaError
 
@@ -46,7 +46,8 @@ def _item_problem(exc: Exception, index: int) -> Problem:
         problem.errors = [{**e, "field": prefix + "params." + e["field"]} for e in problem.errors]
     elif isinstance(exc, MediaError):
         problem = media_problem(exc)
-        problem.errors = [{**e, "field": prefix + _MEDIA_FIELDS.get(e["field"], "params." + e["field"])}
+        problem.errors = [{**e, "field": e["field"] if e["field"].startswith(prefix)
+                           else prefix + _MEDIA_FIELDS.get(e["field"], "params." + e["field"])}
                           for e in problem.errors]
     else:
         assert isinstance(exc, Problem)
@@ -65,6 +66,12 @@ async def create_batch(request: Request, services: Svc, who: Who) -> JSONRespons
         if c.replay:
             return JSONResponse(await batch_view(services, who.tenant, c.replay), status_code=200,
                                 headers={"Location": f"/v1/batches/{c.replay}", "Idempotent-Replayed": "true"})
+        # parameters that break the schema refuse the whole batch (as for one job); keys and media stay per item
+        for index, item in enumerate(body.items):
+            try:
+                JobParams.from_dict(item.params)
+            except ParamError as exc:
+                raise _item_problem(exc, index) from None
         batch_id = new_batch_id()
         cache: dict = {}
         items: list[dict[str, Any]] = []

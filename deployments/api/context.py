@@ -165,6 +165,9 @@ async def read_json(request: Request, model: type[M], limit: int = MAX_JSON_BYTE
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Problem("malformed_json", f"the request body is not valid JSON ({exc})",
                       [field_error("body", "not valid JSON", "send a JSON object")]) from None
+    except RecursionError:
+        raise Problem("malformed_json", "the request body is nested too deeply",
+                      [field_error("body", "nested too deeply", "send at most a few levels of nesting")]) from None
     if not isinstance(value, dict):
         raise Problem("validation_error", "the request body must be a JSON object",
                       [field_error("body", f"got {type(value).__name__}", "send a JSON object")])

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from deployments.jobs import SUCCEEDED, TERMINAL
 from deployments.storage import Keys
+from stages.media.errors import MediaError
 
 from . import idempotency
 from .context import ID_RE, Services, Svc, Who, call_manager, content_type, load_job, read_json, s3
@@ -36,8 +37,13 @@ async def draft_from_keys(services: Services, tenant: str, body: JobCreate, pref
     await parse_params(services, body.params)
     image = await fetch_upload(services, tenant, body.image_key, prefix + "image_key", "image", cache)
     audio = await fetch_upload(services, tenant, body.audio_key, prefix + "audio_key", "audio", cache)
-    return await make_draft(services, body.params, image.data, audio.data,
-                            {"image": image.filename, "audio": audio.filename})
+    try:
+        return await make_draft(services, body.params, image.data, audio.data,
+                                {"image": image.filename, "audio": audio.filename})
+    except MediaError as exc:   # name the request's field: the upload key, not the file part
+        if exc.field in ("image", "audio"):
+            raise MediaError(f"{prefix}{exc.field}_key", exc.message, exc.fix) from None
+        raise
 
 
 def _accepted(services: Services, record: dict[str, Any], replay: bool) -> JSONResponse:

@@ -88,7 +88,7 @@ class JobCreate(Strict):
     """A job from uploaded files (keys from ``POST /v1/uploads``)."""
 
     image_key: str = Field(max_length=512, description="`image.key` of one of your uploads",
-                           examples=["uploads/acme/u18c2f0a1b2c3d4e5f6a7b8c9/image"])
+                           examples=["uploads/acme/u18c2f0a1b2c3d4e5f6a7b8c/image"])
     audio_key: str = Field(max_length=512, description="`audio.key` of one of your uploads")
     params: ParamsField = Field(default_factory=dict)
 

@@ -78,11 +78,9 @@ async def accept(services: Services, tenant: str, draft: Draft, extra: dict[str,
     media = draft.media
     names = {kind: f"{kind}.{media[kind]['format'].split('/')[0]}" for kind in ("image", "audio")}
     source = {"media": {k: v for k, v in media.items() if k != "warnings"}, "filenames": draft.filenames,
-              **(extra or {})}
+              "warnings": list(media.get("warnings") or []), **(extra or {})}
     record = await s3(create_job, services.storage, tenant, draft.params, draft.image, draft.audio,
                       names["image"], names["audio"], source)
-    if media.get("warnings"):
-        record["warnings"] = list(media["warnings"])
     try:
         await call_manager(services, "submit", tenant, record["id"], verdict.get("ticket"))
     except Problem:
@@ -98,7 +96,7 @@ async def accept(services: Services, tenant: str, draft: Draft, extra: dict[str,
 async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, bytes], dict[str, str | None]]:
     """(raw params, {"image": bytes, "audio": bytes}, file names) of a multipart job request."""
     check_length(request, MULTIPART_LIMIT)
-    form = await request.form(max_files=2, max_fields=64)
+    form = await request.form(max_files=8, max_fields=64)   # extra files get a 422 naming them, below
     raw: dict[str, Any] = {}
     if "params" in form:
         value = form["params"]
@@ -106,6 +104,8 @@ async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, bytes],
             parsed = json.loads(value) if isinstance(value, str) else None
         except json.JSONDecodeError as exc:
             raise ParamError("params", f"not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ParamError("params", "nested too deeply; send a flat JSON object") from None
         if not isinstance(parsed, dict):
             raise ParamError("params", "must be a JSON object of job parameters")
         raw.update(parsed)

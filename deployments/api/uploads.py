@@ -20,7 +20,7 @@ from deployments.jobs import now
 from deployments.storage import Keys
 
 from .context import MAX_AUDIO_BYTES, MAX_IMAGE_BYTES, Services, Svc, Who, read_json, s3
-from .problems import Problem, field_error
+from .problems import Problem, field_error, problem_responses
 from .schemas import Upload, UploadCreate
 
 router = APIRouter(tags=["uploads"])
@@ -38,7 +38,8 @@ def new_upload_id() -> str:
 @router.post("/v1/uploads", status_code=201, response_model=Upload,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/UploadCreate"}}}}},
-             summary="Presigned PUT URLs for a portrait and/or a speech recording")
+             summary="Presigned PUT URLs for a portrait and/or a speech recording",
+             responses=problem_responses(400, 401, 413, 415, 422, 503))
 async def create_upload(request: Request, services: Svc, who: Who) -> JSONResponse:
     body, _ = await read_json(request, UploadCreate)
     files = {name: spec for name, spec in (("image", body.image), ("audio", body.audio)) if spec is not None}

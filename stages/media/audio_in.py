@@ -9,6 +9,7 @@ ADTS AAC, or a file libsndfile refuses) is decoded by PyAV and then mixed and re
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,13 @@ from stages.media.errors import MediaError
 MAX_SECONDS = 1800.0
 MIN_SECONDS = 0.2
 SILENCE_PEAK = 1e-4
+QUIET_PEAK = 0.01            # -40 dBFS: audible, but the speech features get weak
+MIN_SAMPLE_RATE = 4000       # below this no speech survives (telephone audio is 8 kHz)
+MAX_SAMPLE_RATE = 384_000
+CLIP_LEVEL = 0.999
+CLIP_FRACTION = 0.01         # more than 1% of samples at full scale: audibly clipped
+CUT_SLACK_S = 0.25           # decoded shorter than the header says by more than this: the file was cut
+_EXACT_LENGTH = ("wav", "flac", "m4a")  # containers whose header states the exact length
 ACCEPTED = "WAV, MP3, M4A/AAC, OGG/Opus or FLAC"
 _SNIFF_BYTES = 4096
 _SOUNDFILE_FORMATS = {"wav", "flac", "ogg/opus", "ogg/vorbis", "ogg/flac", "ogg", "mp3"}
@@ -94,21 +102,33 @@ def sniff_audio(head: bytes) -> str:
     raise _not_audio("of an unknown type")
 
 
-def _decode_soundfile(source: str | io.BytesIO, max_seconds: float) -> tuple[np.ndarray, int, int]:
-    """``librosa.core.audio.__soundfile_load`` without offset/duration: ``[channels, n]`` or ``[n]``."""
+def _check_rate(rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise MediaError("audio", f"the sample rate is {rate} Hz, outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+                         "(not a speech recording, or a damaged header)",
+                         f"re-export the speech at 16, 44.1 or 48 kHz as {ACCEPTED}")
+
+
+def _decode_soundfile(source: str | io.BytesIO, max_seconds: float) -> tuple[np.ndarray, int, int, float]:
+    """``librosa.core.audio.__soundfile_load`` without offset/duration: ``[channels, n]`` or ``[n]``, the rate,
+    the channels and the length the header announces (s)."""
     with sf.SoundFile(source) as handle:
-        if handle.frames / handle.samplerate > max_seconds + _HEADER_SLACK_S:
-            raise _too_long(handle.frames / handle.samplerate, max_seconds)
+        _check_rate(handle.samplerate)
+        announced = handle.frames / handle.samplerate
+        if announced > max_seconds + _HEADER_SLACK_S:
+            raise _too_long(announced, max_seconds)
         y = handle.read(frames=-1, dtype=np.float32, always_2d=False).T
-        return y, handle.samplerate, handle.channels
+        return y, handle.samplerate, handle.channels, announced
 
 
-def _decode_pyav(source: str | io.BytesIO, max_seconds: float) -> tuple[np.ndarray, int, int]:
-    """First audio stream as float32 ``[channels, n]`` at its own rate."""
+def _decode_pyav(source: str | io.BytesIO, max_seconds: float) -> tuple[np.ndarray, int, int, float | None]:
+    """First audio stream as float32 ``[channels, n]`` at its own rate, and the container's length (s)."""
     with av.open(source, "r") as container:
         if not container.streams.audio:
             raise MediaError("audio", "the file has no audio track", f"send speech as {ACCEPTED}")
         stream = container.streams.audio[0]
+        _check_rate(stream.rate)
+        announced = container.duration / 1e6 if container.duration else None
         if container.duration and container.duration / 1e6 > max_seconds + _HEADER_SLACK_S:
             raise _too_long(container.duration / 1e6, max_seconds)
         rate, layout = stream.rate, stream.layout.name
@@ -122,9 +142,32 @@ def _decode_pyav(source: str | io.BytesIO, max_seconds: float) -> tuple[np.ndarr
                 raise _too_long(total / rate, max_seconds)
         chunks.extend(c.to_ndarray() for c in resampler.resample(None))
     if not chunks:
-        return np.zeros(0, np.float32), rate, stream.channels
+        return np.zeros(0, np.float32), rate, stream.channels, announced
     y = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-    return (y[0] if y.shape[0] == 1 else y), rate, y.shape[0]
+    return (y[0] if y.shape[0] == 1 else y), rate, y.shape[0], announced
+
+
+def wav_announced_s(head: bytes) -> float | None:
+    """Seconds of audio the data chunk of a RIFF WAV header announces; None when unknown or streamed
+    (size 0 or 0xFFFFFFFF, RF64) or past the bytes given."""
+    pos, rate, block = 12, 0, 0
+    while pos + 8 <= len(head):
+        kind, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
+        if kind == b"fmt " and size >= 16 and pos + 22 <= len(head):
+            _, _, rate, _, block = struct.unpack("<HHIIH", head[pos + 8:pos + 22])
+        elif kind == b"data":
+            return size / block / rate if rate and block and size not in (0, 0xFFFFFFFF) else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _level_warnings(y: np.ndarray) -> list[str]:
+    """Clipping, judged on the source samples (resampling overshoots the rails)."""
+    clipped = float(np.count_nonzero(np.abs(y) >= CLIP_LEVEL)) / max(1, y.size)
+    if clipped > CLIP_FRACTION:
+        return [f"the recording is clipped ({100 * clipped:.0f}% of samples at full scale): distorted speech "
+                "may move the lips less precisely; record or export it at a lower level"]
+    return []
 
 
 def _too_long(seconds: float, max_seconds: float) -> MediaError:
@@ -142,7 +185,9 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     """Decode ``source`` (a path or the raw bytes) to 16 kHz mono float32.
 
     Rejects (:class:`MediaError`, field ``audio``) empty, unsupported, undecodable, all-silent (peak below
-    1e-4), shorter than 0.2 s and longer than ``max_seconds`` recordings. ``duration_s`` (field
+    1e-4 once any DC offset is removed), shorter than 0.2 s and longer than ``max_seconds`` recordings, and
+    sample rates outside 4-384 kHz. Clipped, very quiet and cut-off (shorter than their header says)
+    recordings are accepted with a warning. ``duration_s`` (field
     ``duration_s``) sets the output length: shorter trims the end, longer pads with trailing silence.
     """
     data: bytes | None = None
@@ -167,17 +212,17 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
                          "leave duration_s unset to use the recording's length, or pick a value in range")
     fmt = sniff_audio(head)
 
-    y = None
+    y, announced = None, None
     if fmt in _SOUNDFILE_FORMATS:
         try:
-            y, rate, channels = _decode_soundfile(opener(), max_seconds)
+            y, rate, channels, announced = _decode_soundfile(opener(), max_seconds)
         except (MediaError, MemoryError):
             raise
         except Exception:  # libsndfile refused it: PyAV may still read it
             y = None
     if y is None:
         try:
-            y, rate, channels = _decode_pyav(opener(), max_seconds)
+            y, rate, channels, announced = _decode_pyav(opener(), max_seconds)
         except (MediaError, MemoryError):
             raise
         except Exception as exc:  # untrusted bytes: any decoder failure is the upload's fault
@@ -194,13 +239,22 @@ def load_audio(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS,
     if y.shape[-1] / rate > max_seconds:
         raise _too_long(y.shape[-1] / rate, max_seconds)
 
+    warnings = _level_warnings(y)
     samples = librosa.resample(librosa.to_mono(y), orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
     samples = np.ascontiguousarray(samples, dtype=np.float32)
-    if float(np.abs(samples).max()) < SILENCE_PEAK:
+    peak = float(np.abs(samples - samples.mean()).max())  # a constant DC offset is no sound either
+    if peak < SILENCE_PEAK:
         raise MediaError("audio", "the recording is silent (peak level below 1e-4)",
                          "check the microphone and upload a recording with audible speech")
-
-    warnings = []
+    if peak < QUIET_PEAK:
+        warnings.append(f"the recording is very quiet (peak {20 * np.log10(peak):.0f} dBFS): lip motion may be "
+                        "weak; normalise it to about -3 dBFS")
+    if fmt == "wav":
+        announced = wav_announced_s(head)
+    decoded = y.shape[-1] / rate
+    if fmt in _EXACT_LENGTH and announced and announced - decoded > max(CUT_SLACK_S, 0.02 * announced):
+        warnings.append(f"the {fmt.upper()} file seems cut off: its header announces {announced:.2f} s but only "
+                        f"{decoded:.2f} s could be decoded; upload the complete file if speech is missing")
     if rate < SAMPLE_RATE:
         warnings.append(f"audio sample rate is {rate} Hz, below {SAMPLE_RATE} Hz: it was upsampled and lip "
                         "sync may be less precise; record at 16 kHz or more")

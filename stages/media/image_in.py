@@ -3,8 +3,10 @@
 Decisions (see docs/media.md): the type is sniffed from the bytes (PNG, JPEG, WebP only); EXIF orientation
 is applied; animated PNG/WebP use their first frame with a warning; transparency is flattened onto white;
 16-bit grey is scaled to 8 bits (x / 257, rounded) and 16-bit colour keeps its high byte (Pillow's decoder);
-any other mode Pillow can convert goes through ``convert("RGB")``. Pixel counts over ``max_pixels``
-(default 40 MP) are rejected from the header, before any pixel is decoded.
+any other mode Pillow can convert goes through ``convert("RGB")``; CMYK and 16-bit inputs are accepted with a
+warning. Pixel counts over ``max_pixels`` (default 40 MP) and shapes wider or taller than 4:1 are rejected
+from the header, before any pixel is decoded; a blank image (one flat colour: no face can be in it) is
+rejected after decoding.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 
 from stages.media.errors import MediaError
 
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 256
 WARN_SIDE = 512
+MAX_ASPECT = 4.0        # long side : short side
+FLAT_STDDEV = 2.0       # every channel's standard deviation below this (0-255): one flat colour
 ACCEPTED = "PNG, JPEG or WebP"
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 _SIXTEEN_BIT_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -77,8 +81,16 @@ def _too_big(width: int, height: int, max_pixels: int) -> MediaError:
                       f"{max_pixels / 1e6:g} MP limit", "downscale it (2048 px on the long side is plenty)")
 
 
+def _too_elongated(width: int, height: int) -> MediaError:
+    return MediaError("image", f"the image is {width}x{height}, more elongated than {MAX_ASPECT:g}:1 (a banner or "
+                      "panorama, not a portrait)", "crop it around the person (3:4, 1:1 or 9:16 are typical)")
+
+
 def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
     mode = image.mode
+    if mode == "CMYK":
+        notes.append("the portrait is CMYK (a print colour space); it was converted to RGB and its colours may "
+                     "look off: export it as sRGB")
     if mode in _SIXTEEN_BIT_GREY:
         grey = np.rint(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
@@ -100,7 +112,8 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
                warn_side: int = WARN_SIDE) -> LoadedImage:
     """Decode a portrait (path or raw bytes) to an upright RGB image; :class:`MediaError` (field ``image``) on
-    unsupported, damaged, oversized (``max_pixels``) or too small (short side < ``min_side``) input."""
+    unsupported, damaged, oversized (``max_pixels``), too elongated (over 4:1), too small (short side <
+    ``min_side``) or blank input."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
@@ -118,6 +131,8 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, min_
             image = Image.open(io.BytesIO(data), formats=[_FORMATS[fmt]])
         if image.width * image.height > max_pixels:
             raise _too_big(image.width, image.height, max_pixels)
+        if min(image.size) > 0 and max(image.size) > MAX_ASPECT * min(image.size):
+            raise _too_elongated(image.width, image.height)
         if getattr(image, "n_frames", 1) > 1:
             notes.append(f"the {fmt.upper()} is animated ({image.n_frames} frames); the first frame is used")
             image.seek(0)
@@ -134,11 +149,16 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, min_
     except Exception as exc:  # untrusted bytes: any decoder failure is the upload's fault
         raise _corrupt(fmt, exc) from exc
 
+    if fmt == "png" and data[24:25] == b"\x10":  # IHDR bit depth
+        notes.append("the PNG has 16 bits per channel; it was reduced to 8 bits (no visible difference expected)")
     rgb = _to_rgb(upright, notes)
     short = min(rgb.size)
     if short < min_side:
         raise MediaError("image", f"the image is {rgb.width}x{rgb.height}, short side under {min_side} px",
                          f"upload a portrait at least {min_side} px (ideally {warn_side}+) on the short side")
+    if max(ImageStat.Stat(rgb).stddev) < FLAT_STDDEV:
+        raise MediaError("image", "the image is blank (one flat colour), so there is no face to animate",
+                         "upload a photo in which the speaker's face is clearly visible")
     if short < warn_side:
         notes.append(f"the image's short side is {short} px (under {warn_side}); the result may look soft")
     return LoadedImage(image=rgb, source_format=fmt, warnings=notes, orientation=orientation,
