@@ -208,3 +208,16 @@ def test_scale_down_mid_job_finishes_the_work_in_flight(serve_stack):
         serve_stack.scale("Diffusion", 2)
     assert result["record"]["state"] == "succeeded", result["record"]["error"]
     assert np.array_equal(result["frames"], undisturbed["frames"])
+
+
+@pytest.mark.slow
+def test_whole_app_restart_resumes_unfinished_jobs(serve_stack):
+    """A hard stop (Ray gone, as in a crash or `ray stop --force`), then `up` again on the same S3."""
+    job_id = _create(serve_stack, seed=36)
+    _manager().submit.remote(TENANT, job_id).result(timeout_s=60)
+    _wait_for(serve_stack, job_id, _denoised(1))
+    serve_stack.stop(hard=True)
+    assert _record(serve_stack, job_id)["state"] == "running"
+    serve_stack.start()
+    record = _wait_for(serve_stack, job_id, _succeeded, timeout_s=600)
+    assert record["attempts"] == 2 and [h["state"] for h in record["history"]].count("succeeded") == 1
