@@ -450,7 +450,7 @@ class JobManager:
     async def _denoise(self, record: dict[str, Any], settings, fused_ref):
         """Stage 3: every step's windows in parallel on Diffusion replicas, merged in plan order; resumes
         from the record's checkpoint and writes one every ``checkpoint_every`` steps. Returns the latents."""
-        job_id, tenant = record["id"], record["tenant"]
+        job_id = record["id"]
         fused_box = [fused_ref]
         carrier = telemetry.inject()
         prepared = await self.dispatcher.submit(job_id, lambda: self._with_retries(
@@ -470,6 +470,7 @@ class JobManager:
             first_step, latents = restored
             log.info("job %s resumes denoising at step %d/%d from its checkpoint", job_id, first_step, total_steps)
         await self._stage(record, "denoise", first_step, total_steps)
+        saving: asyncio.Task | None = None     # the checkpoint upload overlaps the next step (one at a time)
         for n, step in enumerate(schedule.steps[first_step:], start=first_step):
             windows = plan_windows(frames_total, step.index)
             with telemetry.span("denoise.step", job_id=job_id, step=n, window_count=len(windows)):
@@ -493,14 +494,22 @@ class JobManager:
                     loads[replica] = loads.get(replica, 0) + 1
             every = self.config.checkpoint_every
             if every > 0 and ((n + 1) % every == 0 or n + 1 == total_steps):
-                record["checkpoint"] = await asyncio.to_thread(save_latents, self.storage, tenant, job_id, n + 1,
-                                                               latents)
+                if saving is not None:
+                    await saving
+                saving = asyncio.get_running_loop().create_task(self._checkpoint(record, n + 1, latents))
             await self._stage(record, "denoise", n + 1, total_steps)
+        if saving is not None:
+            await saving
         # The conditioning is no longer needed: every later Diffusion request announces it, so replicas
         # evict it; the caller drops the last reference, so the object store frees the FusedJob.
         self.ended.append(job_id)
         fused_box[0] = None
         return latents
+
+    async def _checkpoint(self, record: dict[str, Any], steps_done: int, latents) -> None:
+        """Persist the latents after ``steps_done`` steps; the record names the checkpoint from its next write."""
+        record["checkpoint"] = await asyncio.to_thread(save_latents, self.storage, record["tenant"], record["id"],
+                                                       steps_done, latents)
 
     async def _decode_and_postprocess(self, record: dict[str, Any], params: JobParams, settings, facts: dict,
                                       latents, capture: bool, lap) -> dict[str, Any]:
