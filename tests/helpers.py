@@ -12,6 +12,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from sonic_serve.bench.inputs import synthetic_speech  # shared with the benchmarks; loadtest imports it from here
+
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="sonic-tests-"))
 
 
@@ -29,17 +31,6 @@ def astronaut_png() -> Path:
     path = SESSION_DIR / "astronaut.png"
     Image.fromarray(skimage.data.astronaut()).save(path)
     return path
-
-
-def synthetic_speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """Voiced, syllable-modulated harmonics: speech-like energy without needing a TTS engine."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    pitch = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
-    return (0.3 * voice * syllables + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 @functools.cache
