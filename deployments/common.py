@@ -39,6 +39,73 @@ async def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+class OncePerKey:
+    """Concurrent callers for the same key share one run of an async loader (a job's conditioning is fetched
+    into a replica once, however many of its windows arrive together)."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Future] = {}
+
+    async def run(self, key: str, load: Callable[[], Any]) -> bool:
+        """Await ``load()`` unless a call for ``key`` is under way (then await that one); True when this call
+        ran the loader. A failed load fails every waiter; the next call tries again."""
+        pending = self._running.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return False
+        future = self._running[key] = asyncio.get_running_loop().create_future()
+        try:
+            await load()
+            future.set_result(None)
+        except BaseException as exc:
+            future.set_exception(exc)
+            with contextlib.suppress(BaseException):
+                future.exception()  # mark retrieved
+            raise
+        finally:
+            self._running.pop(key, None)
+        return True
+
+
+class LatestOnly:
+    """Runs ``action(value)`` in the background for the newest value, one run at a time: values submitted
+    while a run is under way replace each other, so a slow writer (a record or checkpoint to S3) never
+    queues up stale work or holds up the caller. A failed run is raised by the next ``submit`` or ``flush``."""
+
+    def __init__(self, action: Callable[[Any], Any]):
+        self._action = action
+        self._value: Any = None
+        self._waiting = False
+        self._task: asyncio.Task | None = None
+
+    def submit(self, value: Any) -> None:
+        self._raise_failure()
+        self._value, self._waiting = value, True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def flush(self) -> None:
+        """Wait until the newest value was handled; raise the failure of a run if one failed."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            failure, self._task = self._task.exception(), None
+            if failure is not None:
+                raise failure
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            value, self._value, self._waiting = self._value, None, False
+            await self._action(value)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The user-level exception inside Ray's wrappers (RayTaskError(cause), possibly nested)."""
     seen = 0

@@ -43,7 +43,7 @@ class AppConfig:
     device: str = "auto"
     weights_cache: str = ""                 # where s3:// weights are synced on each node
     torch_threads: int = 0                  # 0: leave torch's default
-    diffusion_queue_per_replica: int = 1    # units queued per Diffusion replica beyond its max_ongoing_requests
+    diffusion_queue_per_replica: int = 0    # units queued per Diffusion replica beyond its max_ongoing_requests
     max_active_jobs: int = 32               # jobs the manager runs at once; the rest wait in state queued
     unit_retries: int = 2                   # retries of a window/decode unit lost with its replica
     # Admission (the JobManager decides; refusals are 429/503 with Retry-After). Tenant records in S3 or the

@@ -26,7 +26,7 @@ import torch
 from ray import serve
 
 from deployments import telemetry
-from deployments.common import replica_max_ongoing, replica_name, run_blocking
+from deployments.common import OncePerKey, replica_max_ongoing, replica_name, run_blocking
 from deployments.config import AppConfig, stage_runtime
 from deployments.logs import configure_json_logging, job_context
 from sonic_core.sampler import Schedule, StepState, make_schedule
@@ -52,7 +52,7 @@ class Prepared:
 class WindowOutcome:
     result: WindowResult
     loaded_conditioning: bool      # this request fetched the job's conditioning into the replica
-    seconds: float
+    seconds: float                 # compute time on the replica (not the wait for the one before it)
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DecodedChunk:
     seconds: float
 
 
-@serve.deployment(name="Diffusion", max_ongoing_requests=1, graceful_shutdown_timeout_s=300,
+@serve.deployment(name="Diffusion", max_ongoing_requests=2, graceful_shutdown_timeout_s=300,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 1},
                   ray_actor_options={"num_cpus": 1})
 class Diffusion:
@@ -77,8 +77,11 @@ class Diffusion:
         self.stage = DiffusionStage(runtime.weights, runtime.device, runtime.dtype, replica=self.replica)
         self.scheduler_config = scheduler_config(WeightsLayout(runtime.weights))
         self._last_used: dict[str, float] = {}
-        self._loading: dict[str, asyncio.Future] = {}
+        self._loading = OncePerKey()
         self._sweeper: asyncio.Task | None = None
+        # One unit computes at a time; a second accepted request waits here with its inputs already
+        # delivered and its job's conditioning loaded, so the device never idles between units.
+        self._compute = asyncio.Lock()
         self.loads = 0
 
     # -- conditioning cache -------------------------------------------------------------------------
@@ -112,23 +115,14 @@ class Diffusion:
         self._last_used[job_id] = time.monotonic()
         if self.stage.has_job(job_id):
             return False
-        pending = self._loading.get(job_id)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return False
-        future = self._loading[job_id] = asyncio.get_running_loop().create_future()
-        try:
+
+        async def load() -> None:
             fused: FusedJob = await fused_box[0]
             await run_blocking(self.stage.load_job, job_id, fused.conditioning)
             self.loads += 1
-            future.set_result(None)
-        except BaseException as exc:
-            future.set_exception(exc)
-            with contextlib.suppress(BaseException):
-                future.exception()  # mark retrieved
-            raise
-        finally:
-            self._loading.pop(job_id, None)
+
+        if not await self._loading.run(job_id, load):
+            return False
         self._last_used[job_id] = time.monotonic()
         self._sweep()
         return True
@@ -143,33 +137,38 @@ class Diffusion:
             loaded = await self._ensure_job(job_id, fused_box)
             fused: FusedJob = await fused_box[0]
             schedule = make_schedule(self.scheduler_config, steps, noise_strength, guidance_image, guidance_audio)
-            latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
+            async with self._compute:
+                latents = await run_blocking(self.stage.start_latents, fused, seed, schedule)
             span.set_attributes({"frames": fused.conditioning.num_frames, "loaded_conditioning": loaded})
             return Prepared(schedule, latents, fused.conditioning.num_frames, self.replica,
-                            replica_max_ongoing(1))
+                            replica_max_ongoing(2))
 
     async def denoise(self, job_id: str, fused_box: list, step: StepState, frames: list[int],
                       latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None) -> WindowOutcome:
         self._note_ended(ended)
-        start = time.perf_counter()
         with telemetry.attach(trace), job_context(job_id), telemetry.span(
                 "diffusion.window", job_id=job_id, step=step.index, frames=len(frames),
                 first_frame=frames[0] if frames else None, replica=self.replica) as span:
             loaded = await self._ensure_job(job_id, fused_box)
             span.set_attribute("loaded_conditioning", loaded)
-            result = await run_blocking(self.stage.denoise_window, WindowTask(job_id, step, frames, latents))
+            async with self._compute:
+                start = time.perf_counter()
+                result = await run_blocking(self.stage.denoise_window, WindowTask(job_id, step, frames, latents))
+                seconds = time.perf_counter() - start
         self._last_used[job_id] = time.monotonic()
-        return WindowOutcome(result, loaded, time.perf_counter() - start)
+        return WindowOutcome(result, loaded, seconds)
 
     async def decode(self, latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None,
                      chunk: int | None = None, job_id: str | None = None) -> DecodedChunk:
         """One decode chunk; ``chunk`` and ``job_id`` only label the span and log lines."""
         self._note_ended(ended)
-        start = time.perf_counter()
         with telemetry.attach(trace), job_context(job_id), telemetry.span(
                 "diffusion.decode", job_id=job_id, chunk=chunk, frames=int(latents.shape[0]), replica=self.replica):
-            frames = await run_blocking(self.stage.decode_chunk, latents)
-        return DecodedChunk(frames, self.replica, time.perf_counter() - start)
+            async with self._compute:
+                start = time.perf_counter()
+                frames = await run_blocking(self.stage.decode_chunk, latents)
+                seconds = time.perf_counter() - start
+        return DecodedChunk(frames, self.replica, seconds)
 
     async def release(self, job_ids: list[str]) -> list[str]:
         """Evict the given jobs if cached here (best effort: reaches whichever replica the router picks)."""

@@ -28,14 +28,15 @@ from ray import serve
 from deployments import logs, metrics, telemetry
 from deployments.admission import Admission, Limits
 from deployments.checkpoints import drop_checkpoints, load_latents, save_latents
-from deployments.common import error_info, is_lost_worker, replica_name, root_cause
+from deployments.common import LatestOnly, error_info, is_lost_worker, replica_name, root_cause
 from deployments.config import AppConfig
 from deployments.dispatch import FairDispatcher, RefWatcher
 from deployments.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobParams, now, set_state
 from deployments.storage import Keys
+from deployments.wavefront import Wavefront
 from sonic_core.decode import decode_chunks
 from sonic_core.face import parse_face_bbox
-from sonic_core.sampler import merge_windows, plan_windows
+from sonic_core.sampler import plan_windows
 from stages.timing import LapTimer
 
 log = logging.getLogger("sonic.manager")
@@ -149,10 +150,14 @@ class JobManager:
             snapshot = dict(record)
             await asyncio.to_thread(self.storage.put_json, Keys.job(record["tenant"], record["id"]), snapshot)
 
-    async def _stage(self, record: dict[str, Any], stage: str, done: int = 0, total: int = 0) -> None:
+    @staticmethod
+    def _set_progress(record: dict[str, Any], stage: str, done: int = 0, total: int = 0) -> None:
         record["stage"] = stage
         record["progress"] = {"stage": stage, "done": done, "total": total,
                               "fraction": overall_fraction(stage, done, total)}
+
+    async def _stage(self, record: dict[str, Any], stage: str, done: int = 0, total: int = 0) -> None:
+        self._set_progress(record, stage, done, total)
         await self._save(record)
 
     async def _load(self, tenant: str, job_id: str) -> dict[str, Any] | None:
@@ -209,7 +214,7 @@ class JobManager:
 
     async def cancel(self, tenant: str, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job: queued ones end at once; a running one stops dispatching and ends
-        when its in-flight units (at most one denoising step's windows) return."""
+        when its in-flight units (at most two per Diffusion replica) return."""
         self._started()
         task = self.tasks.get(job_id)
         if task is not None and self.records.get(job_id, {}).get("tenant") == tenant:
@@ -448,8 +453,9 @@ class JobManager:
         return facts, fused_ref
 
     async def _denoise(self, record: dict[str, Any], settings, fused_ref):
-        """Stage 3: every step's windows in parallel on Diffusion replicas, merged in plan order; resumes
-        from the record's checkpoint and writes one every ``checkpoint_every`` steps. Returns the latents."""
+        """Stage 3: the job's windows on Diffusion replicas as a wavefront (each window starts once the windows
+        of the previous step it reads are back); resumes from the record's checkpoint and writes one every
+        ``checkpoint_every`` steps, in the background. Returns the final latents."""
         job_id = record["id"]
         fused_box = [fused_ref]
         carrier = telemetry.inject()
@@ -470,36 +476,53 @@ class JobManager:
             first_step, latents = restored
             log.info("job %s resumes denoising at step %d/%d from its checkpoint", job_id, first_step, total_steps)
         await self._stage(record, "denoise", first_step, total_steps)
-        saving: asyncio.Task | None = None     # the checkpoint upload overlaps the next step (one at a time)
-        for n, step in enumerate(schedule.steps[first_step:], start=first_step):
-            windows = plan_windows(frames_total, step.index)
-            with telemetry.span("denoise.step", job_id=job_id, step=n, window_count=len(windows)):
-                step_trace = telemetry.inject()
 
-                def window_unit(frames: list[int], step=step, latents=latents, carrier=step_trace):
-                    slice_ = latents[:, frames]
-                    return lambda: self._with_retries(
-                        f"{job_id} window", lambda: self.diffusion.denoise.remote(
-                            job_id, fused_box, step, frames, slice_, tuple(self.ended), trace=carrier))
+        step_spans: dict[int, Any] = {}
+        step_carriers: dict[int, dict[str, str]] = {}
+        checkpoints = LatestOnly(lambda state: self._checkpoint(record, *state))
+        progress = LatestOnly(self._save)
 
-                outcomes = await asyncio.gather(*(self.dispatcher.submit(job_id, window_unit(w)) for w in windows))
-            metrics.windows_done(len(outcomes), sum(o.seconds for o in outcomes))
-            latents = merge_windows(frames_total, windows, [o.result.latents for o in outcomes])
-            for index, (frames, outcome) in enumerate(zip(windows, outcomes, strict=True)):
-                replica = outcome.result.replica
-                record["placement"]["windows"].append(
-                    {"step": n, "window": index, "first_frame": frames[0], "replica": replica,
-                     "loaded_conditioning": outcome.loaded_conditioning, "seconds": round(outcome.seconds, 4)})
-                if outcome.loaded_conditioning:
-                    loads[replica] = loads.get(replica, 0) + 1
+        def run_window(n: int, index: int, frames: list[int], slice_):
+            step, trace = schedule.steps[n], step_carriers[n]
+            return self.dispatcher.submit(job_id, lambda: self._with_retries(
+                f"{job_id} window", lambda: self.diffusion.denoise.remote(
+                    job_id, fused_box, step, frames, slice_, tuple(self.ended), trace=trace)))
+
+        def step_started(n: int, windows: list[list[int]]) -> None:
+            span = step_spans[n] = telemetry.start_span("denoise.step", job_id=job_id, step=n,
+                                                        window_count=len(windows))
+            step_carriers[n] = telemetry.carrier_of(span)
+
+        def window_done(n: int, index: int, frames: list[int], outcome) -> None:
+            metrics.windows_done(1, outcome.seconds)
+            replica = outcome.result.replica
+            record["placement"]["windows"].append(
+                {"step": n, "window": index, "first_frame": frames[0], "replica": replica,
+                 "loaded_conditioning": outcome.loaded_conditioning, "seconds": round(outcome.seconds, 4)})
+            if outcome.loaded_conditioning:
+                loads[replica] = loads.get(replica, 0) + 1
+
+        def step_done(n: int, merged) -> None:
+            step_spans.pop(n).end()
+            step_carriers.pop(n, None)
             every = self.config.checkpoint_every
             if every > 0 and ((n + 1) % every == 0 or n + 1 == total_steps):
-                if saving is not None:
-                    await saving
-                saving = asyncio.get_running_loop().create_task(self._checkpoint(record, n + 1, latents))
-            await self._stage(record, "denoise", n + 1, total_steps)
-        if saving is not None:
-            await saving
+                checkpoints.submit((n + 1, merged))
+            self._set_progress(record, "denoise", n + 1, total_steps)
+            progress.submit(record)
+
+        wavefront = Wavefront(frames_total, total_steps, lambda n: plan_windows(frames_total, schedule.steps[n].index),
+                              run_window, lambda outcome: outcome.result.latents, step_started, window_done,
+                              step_done)
+        try:
+            latents = await wavefront.run(first_step, latents)
+            await checkpoints.flush()
+            await progress.flush()
+        finally:
+            for span in step_spans.values():
+                span.end()
+            checkpoints.cancel()
+            progress.cancel()
         # The conditioning is no longer needed: every later Diffusion request announces it, so replicas
         # evict it; the caller drops the last reference, so the object store frees the FusedJob.
         self.ended.append(job_id)

@@ -182,6 +182,23 @@ def span(name: str, **attributes: Any):
     return _tracer.start_as_current_span(name, attributes=attrs)
 
 
+def start_span(name: str, **attributes: Any) -> trace.Span:
+    """A child span of the current one that is *not* made current and stays open until ``.end()``: for work
+    that overlaps other spans (steps of a wavefront). ``INVALID_SPAN`` (whose ``end`` does nothing) when off."""
+    if _tracer is None:
+        return trace.INVALID_SPAN
+    attrs = {key: _attribute(value) for key, value in attributes.items() if value is not None}
+    return _tracer.start_span(name, attributes=attrs)
+
+
+def carrier_of(span: trace.Span) -> dict[str, str]:
+    """``span`` as a W3C carrier (see :func:`inject`); ``{}`` for a non-recording span."""
+    carrier: dict[str, str] = {}
+    if span.get_span_context().is_valid:
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
 def set_attributes(**attributes: Any) -> None:
     """Add attributes to the current span (no-op when none is recording)."""
     current = trace.get_current_span()

@@ -1,7 +1,9 @@
 """The windowed, guided Euler sampler of Sonic, cut into pure units of work.
 
 One denoising step = ``plan_windows`` -> ``denoise_window`` per window (independent, parallelisable) ->
-``merge_windows``. Windows only read the previous step's latents and the job's fixed conditioning.
+``merge_windows``. Windows only read the previous step's latents and the job's fixed conditioning, and only the
+frames they cover: ``window_dependencies`` names the previous step's windows each one reads, and ``StepMerge``
+merges a step window by window, so a distributed sampler can start a window as soon as its inputs exist.
 """
 
 from __future__ import annotations
@@ -157,16 +159,94 @@ def denoise_window(unet: SonicUNet, latents: torch.Tensor, cond: WindowCondition
     return euler_v_step(latents, v_guided, sigma, step.sigma_next.to(device))
 
 
+class StepMerge:
+    """One step's merged latents, filled window by window in any order.
+
+    A frame's value is the mean over the windows (and repeats inside a window) that produced it. With at
+    least a window's worth of frames, windows are runs of consecutive frames (mod F) that tile the clip and
+    only the last one overlaps the first, so a frame is summed from at most two windows; with fewer frames
+    there is a single window, summed in its own order. Either way a frame's sum does not depend on the order
+    windows arrive (``0 + a + b`` equals ``0 + b + a`` exactly), so a frame read as soon as its windows are in
+    equals the whole step's merge.
+    """
+
+    def __init__(self, num_frames: int, windows: list[list[int]]):
+        self.num_frames = num_frames
+        self.windows = windows
+        self._missing = [0] * num_frames          # window slots still to arrive, per frame
+        for frames in windows:
+            for frame in frames:
+                self._missing[frame] += 1
+        self._left = len(windows)
+        self._added = [False] * len(windows)
+        self._total: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+        self._merged: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, latents: torch.Tensor) -> StepMerge:
+        """A complete state holding ``latents`` [1, F, ...] as they are (the start of denoising)."""
+        merge = cls(latents.shape[1], [])
+        merge._merged = latents
+        return merge
+
+    @property
+    def complete(self) -> bool:
+        return self._left == 0
+
+    def add(self, index: int, result: torch.Tensor) -> None:
+        """Accumulate window ``index``'s output [1, W, ...] (each window once)."""
+        if self._added[index]:
+            raise ValueError(f"window {index} was already merged")
+        self._added[index] = True
+        if self._total is None:
+            self._total = result.new_zeros((result.shape[0], self.num_frames, *result.shape[2:]))
+            self._count = result.new_zeros((result.shape[0], self.num_frames, 1, 1, 1))
+        for j, frame in enumerate(self.windows[index]):
+            self._total[:, frame] += result[:, j]
+            self._count[:, frame] += 1
+            self._missing[frame] -= 1
+        self._left -= 1
+
+    def ready(self, frames: list[int]) -> bool:
+        return all(self._missing[frame] == 0 for frame in frames)
+
+    def take(self, frames: list[int]) -> torch.Tensor:
+        """The merged latents of ``frames`` (all ready), as a new tensor."""
+        if self._merged is not None:
+            return self._merged[:, frames]
+        if not self.ready(frames):
+            raise ValueError("frames read before every window producing them was merged")
+        assert self._total is not None and self._count is not None
+        return self._total[:, frames] / self._count[:, frames]
+
+    def latents(self) -> torch.Tensor:
+        """The whole step's merged latents [1, F, ...] (once complete)."""
+        if self._merged is None:
+            if not self.complete:
+                raise ValueError(f"{self._left} windows of the step are not merged yet")
+            assert self._total is not None and self._count is not None
+            self._merged = self._total / self._count
+        return self._merged
+
+
 def merge_windows(num_frames: int, windows: list[list[int]], results: list[torch.Tensor]) -> torch.Tensor:
-    """Average every frame over the windows (and repeats) that produced it, accumulating in plan order."""
-    first = results[0]
-    total = first.new_zeros((first.shape[0], num_frames, *first.shape[2:]))
-    count = first.new_zeros((first.shape[0], num_frames, 1, 1, 1))
-    for frames, result in zip(windows, results, strict=True):
-        for j, frame in enumerate(frames):
-            total[:, frame] += result[:, j]
-            count[:, frame] += 1
-    return total / count
+    """Average every frame over the windows (and repeats) that produced it."""
+    merge = StepMerge(num_frames, windows)
+    for index, result in enumerate(results):
+        merge.add(index, result)
+    return merge.latents()
+
+
+def window_dependencies(num_frames: int, before: list[list[int]], after: list[list[int]]) -> list[list[int]]:
+    """For each window of the next step (``after``), the windows of the previous step (``before``) whose output
+    it reads: those covering any of its frames. With the 7-frame shift these are two or three neighbours, so
+    windows of consecutive steps can run as soon as their inputs exist instead of waiting for a whole step."""
+    owners: list[list[int]] = [[] for _ in range(num_frames)]
+    for index, frames in enumerate(before):
+        for frame in dict.fromkeys(frames):
+            owners[frame].append(index)
+    return [sorted({owner for frame in dict.fromkeys(frames) for owner in owners[frame]}) for frames in after]
 
 
 def initial_latents(ref_latents_scaled: torch.Tensor, noise: torch.Tensor, sigma_start: torch.Tensor) -> torch.Tensor:
