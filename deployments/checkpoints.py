@@ -1,8 +1,9 @@
 """Denoising checkpoints in S3: the latents after step k, so a job resumes there after a crash or restart.
 
-Granularity: every ``checkpoint_every`` denoising steps (AppConfig). Encode and fusion are not checkpointed:
-they are deterministic and cheap next to denoising, so a resumed job runs them again and gets the same
-conditioning. Decode and post-process restart from the final latents' checkpoint.
+Granularity: every ``checkpoint_every`` denoising steps, at most once per ``checkpoint_interval_s`` (AppConfig),
+and always after the last step. Encode and fusion are not checkpointed: they are deterministic and cheap next to
+denoising, so a resumed job runs them again and gets the same conditioning. Decode and post-process restart
+from the final latents' checkpoint.
 """
 
 from __future__ import annotations

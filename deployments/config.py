@@ -53,6 +53,7 @@ class AppConfig:
     tenant_submits_per_minute: int = 120    # a tenant's submissions per rolling minute
     max_queued_jobs: int = 2000             # all tenants' waiting jobs: beyond this, 503
     checkpoint_every: int = 1               # persist latents to S3 every N denoising steps (0: never)
+    checkpoint_interval_s: float = 10.0     # ... at most once per this many seconds (0: no limit); always the last
     manager_lease_s: int = 30               # a silent JobManager's jobs are adopted by another after this
     api_keys_file: str = ""                 # YAML/JSON tenants + keys file (see docs/api.md); "" = S3 only
     webhook_allow: str = ""                 # comma-separated hosts/CIDRs webhooks may reach despite SSRF rules
@@ -74,6 +75,8 @@ class AppConfig:
                 values[name] = str(value).lower() in ("1", "true", "yes", "on")
             elif isinstance(default, int):
                 values[name] = int(value) if str(value) != "" else default
+            elif isinstance(default, float):
+                values[name] = float(value) if str(value) != "" else default
             else:
                 values[name] = str(value)
         config = cls(**values)

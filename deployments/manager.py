@@ -480,6 +480,7 @@ class JobManager:
         step_spans: dict[int, Any] = {}
         step_carriers: dict[int, dict[str, str]] = {}
         checkpoints = LatestOnly(lambda state: self._checkpoint(record, *state))
+        last_checkpoint = time.monotonic()
         progress = LatestOnly(self._save)
 
         def run_window(n: int, index: int, frames: list[int], slice_):
@@ -503,10 +504,11 @@ class JobManager:
                 loads[replica] = loads.get(replica, 0) + 1
 
         def step_done(n: int, merged) -> None:
+            nonlocal last_checkpoint
             step_spans.pop(n).end()
             step_carriers.pop(n, None)
-            every = self.config.checkpoint_every
-            if every > 0 and ((n + 1) % every == 0 or n + 1 == total_steps):
+            if self._checkpoint_due(n + 1, total_steps, time.monotonic() - last_checkpoint):
+                last_checkpoint = time.monotonic()
                 checkpoints.submit((n + 1, merged))
             self._set_progress(record, "denoise", n + 1, total_steps)
             progress.submit(record)
@@ -528,6 +530,15 @@ class JobManager:
         self.ended.append(job_id)
         fused_box[0] = None
         return latents
+
+    def _checkpoint_due(self, steps_done: int, total_steps: int, since_last_s: float) -> bool:
+        """Every ``checkpoint_every`` steps, at most once per ``checkpoint_interval_s``; always after the last."""
+        every = self.config.checkpoint_every
+        if every <= 0:
+            return False
+        if steps_done == total_steps:
+            return True
+        return steps_done % every == 0 and since_last_s >= self.config.checkpoint_interval_s
 
     async def _checkpoint(self, record: dict[str, Any], steps_done: int, latents) -> None:
         """Persist the latents after ``steps_done`` steps; the record names the checkpoint from its next write."""

@@ -202,9 +202,16 @@ class StepMerge:
         if self._total is None:
             self._total = result.new_zeros((result.shape[0], self.num_frames, *result.shape[2:]))
             self._count = result.new_zeros((result.shape[0], self.num_frames, 1, 1, 1))
-        for j, frame in enumerate(self.windows[index]):
-            self._total[:, frame] += result[:, j]
-            self._count[:, frame] += 1
+        frames = self.windows[index]
+        if len(set(frames)) == len(frames):       # one add per frame: the same sums as the loop below, at once
+            where = torch.tensor(frames, device=result.device)
+            self._total.index_add_(1, where, result)
+            self._count.index_add_(1, where, torch.ones_like(result[:, :, :1, :1, :1]))
+        else:                                     # a short clip repeats frames inside its window: in order
+            for j, frame in enumerate(frames):
+                self._total[:, frame] += result[:, j]
+                self._count[:, frame] += 1
+        for frame in frames:
             self._missing[frame] -= 1
         self._left -= 1
 

@@ -74,7 +74,8 @@ def serve_stack(s3_server):
                        replicas={"Diffusion": 2, "AudioEncoder": 1, "ImageEncoder": 1, "Fusion": 1,
                                  "PostProcess": 1, "Ingress": 1},
                        extra_args={"torch_threads": 1, "device": "cpu", "checkpoint_every": 1,
-                                   "manager_lease_s": 10, "webhook_allow": "127.0.0.1/32,localhost"}, gpus=0,
+                                   "checkpoint_interval_s": 0, "manager_lease_s": 10,
+                                   "webhook_allow": "127.0.0.1/32,localhost"}, gpus=0,
                        log_to_driver=bool(os.environ.get("SONIC_TEST_RAY_LOGS")))
     stack.start()
     try:

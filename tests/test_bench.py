@@ -68,7 +68,10 @@ def test_ideal_schedule_and_busy_fraction():
     sim = SimConfig(sigmas=[1.0, 0.0], gpu_tflops=95.0, decode_tflop_per_frame=95.0 / 8)   # 1 s per unit
     # 750 frames = 30 windows per step; 94 decode chunks (the last one of 6 frames)
     assert ideal_seconds(750, 2, 1, sim) == pytest.approx(2 * 30 + 93 + 6 / 8)
-    assert ideal_seconds(750, 2, 16, sim) == pytest.approx(2 * 2 + 6)
+    # the wavefront has no step barrier: 60 window-steps over 16 replicas, then ceil(94 / 16) decode chunks
+    assert ideal_seconds(750, 2, 16, sim) == pytest.approx(2 * 30 / 16 + 6)
+    # ... but never shorter than the chain of one window per step
+    assert ideal_seconds(750, 2, 64, sim) == pytest.approx(2 + 2)
     rows = [("r1", "window", "j", 0.0, 1.0), ("r1", "window", "j", 1.5, 2.0), ("r2", "window", "j", 0.0, 2.0)]
     assert busy_fraction(rows, 2) == pytest.approx(3.5 / 4)
     assert busy_fraction(rows, 2, since=1.0) == pytest.approx(0.5 / (2 * 0.5))

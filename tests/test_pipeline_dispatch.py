@@ -104,8 +104,10 @@ def test_app_args_expand_environment():
     env = {"SONIC_WEIGHTS": "s3://models/sonic"}
     assert expand_env("${SONIC_WEIGHTS:-/models/sonic}", env) == "s3://models/sonic"
     assert expand_env("${SONIC_DTYPE:-fp16}", env) == "fp16"
-    config = AppConfig.from_args({"weights": "/w", "dtype": "fp32", "torch_threads": "2"})
-    assert (config.weights, config.torch_threads) == ("/w", 2)
+    config = AppConfig.from_args({"weights": "/w", "dtype": "fp32", "torch_threads": "2",
+                                  "checkpoint_interval_s": "2.5", "diffusion_queue_per_replica": 0})
+    assert (config.weights, config.torch_threads, config.checkpoint_interval_s) == ("/w", 2, 2.5)
+    assert AppConfig.from_args({"checkpoint_interval_s": 0}).checkpoint_interval_s == 0.0
     with pytest.raises(ValueError):
         AppConfig.from_args({"nope": 1})
 

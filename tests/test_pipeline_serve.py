@@ -180,6 +180,8 @@ def test_distributed_frames_equal_single_process(serve_stack):
     expected = _single_process_frames(11)
     assert frames.shape == expected.shape == (2 * 37 - 1, 128, 128, 3)
     assert np.array_equal(frames, expected), f"max |diff| {np.abs(frames - expected).max()}"
+    # alone on the deployment, the job's windows ran on both replicas
+    assert len({w["replica"] for w in record["placement"]["windows"]}) == 2, record["placement"]
 
 
 def test_two_concurrent_jobs_spread_windows_and_are_both_correct(serve_stack):
@@ -197,9 +199,8 @@ def test_two_concurrent_jobs_spread_windows_and_are_both_correct(serve_stack):
         # conditioning reached each replica at most once for the job
         assert all(n == 1 for n in placement["conditioning_loads"].values()), placement["conditioning_loads"]
         assert set(placement["conditioning_loads"]) >= {w["replica"] for w in windows}
-    assert len(replicas_used) >= 2, replicas_used
-    spread = [len({w["replica"] for w in r["placement"]["windows"]}) for r, _ in runs]
-    assert max(spread) >= 2, spread                      # one job's windows ran on both replicas
+    assert len(replicas_used) >= 2, replicas_used        # both replicas worked (a replica takes two units,
+                                                         # so each job may keep to one while both are busy)
 
 
 def test_cli_submit_downloads_the_video(serve_stack, tmp_path, capsys):

@@ -126,11 +126,13 @@ def run(args: Any) -> Report:
         cost_table, per_step = _cost_table(costs, args.steps)
         result["step_manager_ms"] = round(1000 * per_step, 1)
         every = args.checkpoint_every if args.checkpoint_every is not None else AppConfig().checkpoint_every
+        interval = AppConfig().checkpoint_interval_s
         serial = per_step - costs["checkpoint"] + (costs["checkpoint"] / every if every > 0 else 0.0)
         lost = times[top] - ideal[top]
         notes.append(f"Where the time goes at {top} replicas: {lost:.1f} s beyond the ideal, "
                      f"{1000 * lost / args.steps:.0f} ms per step. The manager's own work per step (table below, "
-                     f"checkpoint_every={every}: about {1000 * serial:.0f} ms) runs while windows compute — merging "
+                     f"with a checkpoint every {every} step(s): about {1000 * serial:.0f} ms; the app writes at most "
+                     f"one per {interval:g} s, plus the last) runs while windows compute — merging "
                      "window by window on its event loop, checkpoint and record uploads in threads — so it costs only "
                      "where it delays the next dispatch; the rest is Serve routing, the object store, and units "
                      "waiting in Serve's router retry backoff (25 ms doubling to 0.5 s) when every replica's slots "
