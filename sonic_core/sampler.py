@@ -234,6 +234,7 @@ class StepMerge:
                 raise ValueError(f"{self._left} windows of the step are not merged yet")
             assert self._total is not None and self._count is not None
             self._merged = self._total / self._count
+            self._total = self._count = None      # later reads come from the merged tensor
         return self._merged
 
 

@@ -150,22 +150,22 @@ class SimulatedDiffusion:
                       latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None
                       ) -> SimWindowOutcome:
         self._forget(ended)
-        start, clock = time.time(), time.perf_counter()
         loaded = await self._ensure_job(job_id, fused_box)
         async with self._gpu:
             start = time.time()
             await asyncio.sleep(self.config.window_s())
-            self._record("window", job_id, start, time.time())
-        return SimWindowOutcome(SimWindowResult(frames, latents, self.replica), loaded, time.perf_counter() - clock)
+            end = time.time()
+            self._record("window", job_id, start, end)
+        return SimWindowOutcome(SimWindowResult(frames, latents, self.replica), loaded, end - start)
 
     async def decode(self, latents: torch.Tensor, ended: tuple[str, ...] = (), trace: dict | None = None,
                      chunk: int | None = None, job_id: str | None = None) -> SimDecodedChunk:
         self._forget(ended)
-        clock = time.perf_counter()
         async with self._gpu:
             start = time.time()
             await asyncio.sleep(self.config.decode_s(latents.shape[0]))
-            self._record("decode", job_id or "-", start, time.time())
+            end = time.time()
+            self._record("decode", job_id or "-", start, end)
         hw = self.config.frame_hw
         frames = torch.zeros((latents.shape[0], 3, hw, hw), dtype=torch.float32)
-        return SimDecodedChunk(frames, self.replica, time.perf_counter() - clock)
+        return SimDecodedChunk(frames, self.replica, end - start)   # compute time, as the real replica reports
