@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from deployments import telemetry
 from deployments.common import OncePerKey, replica_max_ongoing, replica_name, run_blocking
 from deployments.config import AppConfig, stage_runtime
 from deployments.logs import configure_json_logging, job_context
+from deployments.routing import LEAST_LOADED_ROUTER
 from sonic_core.sampler import Schedule, StepState, make_schedule
 from sonic_core.weights import WeightsLayout, scheduler_config
 from stages.payloads import FusedJob, WindowResult, WindowTask
@@ -64,6 +66,7 @@ class DecodedChunk:
 
 @serve.deployment(name="Diffusion", max_ongoing_requests=2, graceful_shutdown_timeout_s=300,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 1},
+                  request_router_config=RequestRouterConfig(request_router_class=LEAST_LOADED_ROUTER),
                   ray_actor_options={"num_cpus": 1})
 class Diffusion:
     def __init__(self, config: dict[str, Any]):

@@ -180,8 +180,10 @@ def test_distributed_frames_equal_single_process(serve_stack):
     expected = _single_process_frames(11)
     assert frames.shape == expected.shape == (2 * 37 - 1, 128, 128, 3)
     assert np.array_equal(frames, expected), f"max |diff| {np.abs(frames - expected).max()}"
-    # alone on the deployment, the job's windows ran on both replicas
-    assert len({w["replica"] for w in record["placement"]["windows"]}) == 2, record["placement"]
+    # alone on the deployment, each step's two windows ran on the two replicas (least-loaded routing)
+    for step in (0, 1):
+        replicas = [w["replica"] for w in record["placement"]["windows"] if w["step"] == step]
+        assert len(replicas) == len(set(replicas)) == 2, record["placement"]
 
 
 def test_two_concurrent_jobs_spread_windows_and_are_both_correct(serve_stack):
