@@ -8,7 +8,7 @@
 # Weights are never baked in: pods pull them from s3://BUCKET/models into a node-local cache
 # (`sonic-serve weights pull`). Keep RAY_IMAGE's Ray version equal to the chart's
 # rayService.rayVersion (a test checks it).
-ARG RAY_IMAGE=rayproject/ray:2.52.1-py311-cu121
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cu121
 FROM ${RAY_IMAGE}
 
 # Optional extra package index for CUDA-specific torch wheels, passed with --build-arg.
