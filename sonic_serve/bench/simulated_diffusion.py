@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from deployments.common import OncePerKey, replica_max_ongoing, replica_name
+from deployments.routing import LEAST_LOADED_ROUTER
 
 WINDOW_TFLOP = 95.0
 DECODE_TFLOP_PER_FRAME = 3.0
@@ -99,6 +101,7 @@ class SimConfig:
 
 
 @serve.deployment(name="Diffusion", max_ongoing_requests=2, graceful_shutdown_timeout_s=30,
+                  request_router_config=RequestRouterConfig(request_router_class=LEAST_LOADED_ROUTER),
                   ray_actor_options={"num_cpus": 0.01})
 class SimulatedDiffusion:
     def __init__(self, config: dict[str, Any]):
