@@ -200,10 +200,14 @@ def test_browser_flow(serve_stack):
         # (the same object; the signature may be a newer one's)
         assert media["src"].split("?")[0] == job["result"]["video_url"].split("?")[0]
 
-        # my recent jobs lists it
-        wait.until(lambda d: job_id in find("#recent-body").text)
-        row = find("#recent-body tr.current")
-        assert job_id in row.text and "succeeded" in row.text
+        # my recent jobs lists it, as succeeded (the table re-renders on refresh: read the row in one script call)
+        def current_row(d) -> str:
+            return d.execute_script("const r = document.querySelector('#recent-body tr.current');"
+                                    "return r ? r.innerText : ''")
+
+        wait.until(lambda d: job_id in current_row(d) and "succeeded" in current_row(d))
+        row_text = current_row(driver)
+        assert job_id in row_text and "succeeded" in row_text, row_text
 
         # no script errors (failed requests such as the deliberate 422 are not script errors)
         problems = [e["message"] for e in driver.get_log("browser")
